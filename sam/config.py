@@ -1,0 +1,147 @@
+"""The one typed configuration: the CLI, the Tune search space and the saved model directory all use it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+CONFIG_FILE = "sam_config.json"
+
+
+def _knob(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    """The encoder's shape. Ignored when `init` names a pretrained encoder, whose own shape wins."""
+
+    num_layers: int = _knob(4, "transformer encoder layers")
+    num_heads: int = _knob(4, "attention heads (must divide d_model)")
+    d_model: int = _knob(256, "hidden size")
+    d_ff: int = _knob(1024, "feed-forward size")
+    dropout: float = _knob(0.1, "dropout on embeddings, attention and feed-forward")
+    max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)")
+    norm_first: bool = _knob(True, "pre-layer-norm encoder (the design card's choice); false gives BERT's post-norm")
+    vocab_size: int = _knob(8000, "vocabulary of a corpus-trained WordPiece tokenizer")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = _knob(3e-4, "peak learning rate, reached at the end of warm-up")
+    warmup_steps: int = _knob(300, "optimizer steps of linear warm-up")
+    schedule: str = _knob("linear", "after warm-up: linear | cosine | inverse_sqrt (Noam) | constant")
+    weight_decay: float = _knob(0.01, "AdamW weight decay (not applied to norms and biases)")
+    batch_size: int = _knob(32, "examples per worker per step")
+    epochs: int = _knob(3, "maximum epochs; the schedule decays over this budget")
+    patience: int = _knob(2, "epochs without a better validation loss before stopping")
+    label_smoothing: float = _knob(0.1, "cross-entropy label smoothing")
+    class_weights: bool = _knob(True, "weight the loss by inverse class frequency")
+    grad_clip: float = _knob(1.0, "gradient norm clip")
+    seed: int = _knob(42, "seed for the split, initialisation and shuffling")
+
+
+@dataclass
+class DataConfig:
+    data: str = _knob("mteb/tweet_sentiment_extraction", "hub name, directory with train.jsonl/.parquet/.csv, or one file")
+    val_fraction: float = _knob(0.1, "stratified validation share carved from train")
+    limit_train: Optional[int] = _knob(None, "keep only the first N valid rows (smoke runs)")
+    tokenizer: str = _knob("bert-base-cased", "HF tokenizer name or directory; offline falls back to a corpus WordPiece")
+    init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
+
+
+@dataclass
+class ScaleConfig:
+    num_workers: int = _knob(1, "Ray Train workers (DDP)")
+    use_gpu: bool = _knob(False, "one GPU per worker, nccl, bf16 autocast")
+    cpus_per_worker: int = _knob(1, "CPUs Ray reserves per worker")
+    torch_threads: int = _knob(0, "intra-op threads per worker; 0 = this node's cores / workers")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        """Nested dicts as written by `to_dict`; unknown keys are an error so typos never pass silently."""
+        sections = {}
+        for section in fields(cls):
+            section_type = get_type_hints(cls)[section.name]
+            given = dict(values.get(section.name, {}))
+            known = {f.name for f in fields(section_type)}
+            unknown = set(given) - known
+            if unknown:
+                raise ValueError(f"unknown {section.name} settings: {sorted(unknown)}")
+            sections[section.name] = section_type(**given)
+        return cls(**sections)
+
+    def with_flat(self, **flat: Any) -> "Config":
+        """A copy with knobs replaced by their bare names (`lr=...`, `num_layers=...`), as Tune samples them."""
+        values = self.to_dict()
+        owners = {name: section for section, knobs in values.items() for name in knobs}
+        for name, value in flat.items():
+            if name not in owners:
+                raise ValueError(f"unknown setting {name!r}")
+            values[owners[name]][name] = value
+        return Config.from_dict(values)
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Config":
+        return cls.from_dict(json.loads(Path(directory, CONFIG_FILE).read_text()))
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = ("model", "train", "data", "scale")) -> None:
+    """One `--knob-name` option per config field, defaults and help taken from the dataclasses."""
+    defaults = Config()
+    for section_name in sections:
+        section = getattr(defaults, section_name)
+        group = parser.add_argument_group(section_name)
+        hints = get_type_hints(type(section))
+        for knob in fields(section):
+            kind = hints[knob.name]
+            if kind is bool:
+                parse = _parse_bool
+            elif kind in (Optional[int], int):
+                parse = int
+            elif kind is float:
+                parse = float
+            else:
+                parse = str
+            group.add_argument(
+                "--" + knob.name.replace("_", "-"),
+                dest=knob.name,
+                type=parse,
+                default=argparse.SUPPRESS,
+                metavar=knob.name.upper() if kind is not bool else "BOOL",
+                help=f"{knob.metadata['help']} (default: {getattr(section, knob.name)})",
+            )
+
+
+def config_from_args(args: argparse.Namespace, base: Optional[Config] = None) -> Config:
+    """Fields given on the command line override `base` (the defaults unless given)."""
+    base = base or Config()
+    known = {name for section in base.to_dict().values() for name in section}
+    return base.with_flat(**{k: v for k, v in vars(args).items() if k in known})

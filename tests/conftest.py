@@ -1,0 +1,79 @@
+"""Shared fixtures: one local Ray per session, hand-written tweets, and a tiny trained model directory."""
+
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download: tokenizers are trained on the fixture corpus
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from sam.config import Config
+
+NEGATIVE = [
+    "I hate this stupid phone, it broke again", "worst day ever, so sad and tired", "my boss is bullying me...",
+    "ugh, missed the bus and now I am late", "this is awful, I feel sick", "so angry at the airline, lost my bag",
+    "terrible service, never going back", "I miss you so much, it hurts", "sad that the show got cancelled",
+    "hate mondays, everything is bad", "my head hurts and I am so tired", "the game was awful, we lost again",
+    "broke my laptop screen today, hate it", "feeling lonely and sad tonight", "rain ruined our picnic, sad",
+]
+NEUTRAL = [
+    "going to the store later", "the meeting is at 3pm tomorrow", "just got home from work",
+    "watching the news on tv", "reading a book on the train", "the bus comes at 8", "I have a dentist appointment",
+    "we are moving to a new office next week", "it is raining in London", "checking my email now",
+    "heading to the library", "the update is out today", "cooking pasta for dinner", "my phone is on the table",
+    "the store opens at nine",
+]
+POSITIVE = [
+    "I love the new features in this app!", "best day ever, so happy", "great game tonight, we won!",
+    "thank you so much, you are awesome", "love this song, amazing", "happy birthday! have a great day",
+    "so excited for the weekend, yay", "what a beautiful morning, love it", "awesome news, I got the job!",
+    "the concert was amazing, best night", "love my friends, so happy", "great coffee and a good book, perfect",
+    "thanks for the lovely gift, I love it", "yay the sun is out, happy day", "had a wonderful time, thank you",
+]
+
+
+def tweet_rows():
+    return [{"text": t, "label": label} for label, texts in enumerate((NEGATIVE, NEUTRAL, POSITIVE)) for t in texts]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tweets_dir(tmp_path_factory):
+    """A data directory with train.jsonl and test.jsonl of hand-written tweets."""
+    directory = tmp_path_factory.mktemp("tweets")
+    rows = tweet_rows()
+    write_jsonl(directory / "train.jsonl", rows * 2)
+    write_jsonl(directory / "test.jsonl", rows)
+    return directory
+
+
+def tiny_config(data_dir, **flat) -> Config:
+    """A model small enough to train in seconds on the fixture tweets."""
+    return Config().with_flat(
+        data=str(data_dir), num_layers=1, num_heads=2, d_model=32, d_ff=64, max_length=32, vocab_size=200,
+        epochs=2, batch_size=8, warmup_steps=2, lr=3e-3, val_fraction=0.2, **flat,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(ray_session, tweets_dir, tmp_path_factory):
+    """A model directory trained through the real `sam.train.train` path, shared by the tests that need one."""
+    from sam.train import train
+
+    output = tmp_path_factory.mktemp("models") / "tiny"
+    train(tiny_config(tweets_dir), output, storage=str(tmp_path_factory.mktemp("ray_results")))
+    return output
