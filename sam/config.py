@@ -37,6 +37,7 @@ class TrainConfig:
     schedule: str = _knob("linear", "after warm-up: linear | cosine | inverse_sqrt (Noam) | constant")
     weight_decay: float = _knob(0.01, "AdamW weight decay (not applied to norms and biases)")
     batch_size: int = _knob(32, "examples per worker per step")
+    bucket_batches: int = _knob(8, "batches whose rows are sorted by length together, to pad less (1 = random batches)")
     epochs: int = _knob(3, "maximum epochs; the schedule decays over this budget")
     patience: int = _knob(2, "epochs without a better validation loss before stopping")
     label_smoothing: float = _knob(0.1, "cross-entropy label smoothing")
@@ -60,6 +61,7 @@ class ScaleConfig:
     use_gpu: bool = _knob(False, "one GPU per worker, nccl, bf16 autocast")
     cpus_per_worker: int = _knob(1, "CPUs Ray reserves per worker")
     torch_threads: int = _knob(0, "intra-op threads per worker; 0 = this node's cores / workers")
+    placement_strategy: str = _knob("PACK", "Ray placement of the workers: PACK (fewest nodes) | SPREAD (across nodes)")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -92,5 +92,16 @@ def resolve_tokenizer(name_or_dir: str, corpus: Sequence[str], vocab_size: int) 
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
     """A Ray Data numpy batch of token ids and labels to padded training tensors."""
     tensors = pad_batch(batch["input_ids"], pad_id)
-    tensors["labels"] = torch.as_tensor(batch["labels"], dtype=torch.long)
+    tensors["labels"] = torch.tensor(batch["labels"], dtype=torch.long)
     return tensors
+
+
+def length_bucketed(window: dict[str, np.ndarray], batch_size: int, pad_id: int, rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+    """Splits a window of several batches' rows into batches of similar length, in random order.
+
+    Tweets vary from 3 to 100+ tokens; random batches pad to their longest row and waste about half their
+    compute on padding. Sorting within a window keeps batches random across windows."""
+    order = np.argsort([len(row) for row in window["input_ids"]], kind="stable")
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    for index in rng.permutation(len(chunks)):
+        yield collate({name: column[chunks[index]] for name, column in window.items()}, pad_id)

@@ -48,6 +48,13 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """On GPU, pinned host memory lets the copy overlap with compute."""
+    if device.type != "cuda":
+        return batch
+    return {name: tensor.pin_memory().to(device, non_blocking=True) for name, tensor in batch.items()}
+
+
 def train_step(model, batch: dict, loss_fn, optimizer, scheduler, grad_clip: float) -> float:
     """One optimiser step on one padded batch; returns the batch loss."""
     model.train()

@@ -11,23 +11,23 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train.torch import TorchTrainer
 from transformers import AutoModelForSequenceClassification
 
 from sam.config import Config
 from sam.data import LoadReport, load_frame, split_frame, to_token_dataset
-from sam.encoding import collate, load_tokenizer, resolve_tokenizer
+from sam.encoding import collate, length_bucketed, load_tokenizer, resolve_tokenizer
 from sam.learner import (
-    Predictions, class_weights, eval_step, make_loss, make_optimizer, make_scheduler, train_step,
+    Predictions, class_weights, eval_step, make_loss, make_optimizer, make_scheduler, to_device, train_step,
 )
 from sam.models import build_model, load_pretrained, summary
 
@@ -71,6 +71,17 @@ def prepare_data(config: Config) -> PreparedData:
         n_val=len(val),
         report=report,
     )
+
+
+class PadCollate(NumpyBatchCollateFn):
+    """Dynamic padding of each validation batch, in Ray Data's prefetch threads."""
+
+    def __init__(self, pad_id: int):
+        super().__init__()
+        self.pad_id = pad_id
+
+    def __call__(self, batch: dict) -> dict:
+        return collate(batch, self.pad_id)
 
 
 def steps_per_epoch(config: Config, n_train: int) -> int:
@@ -129,28 +140,34 @@ def train_func(loop_config: dict) -> None:
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
     loss_fn = make_loss(config.train, loop_config["class_weights"], device)
-    to_tensors = partial(collate, pad_id=tokenizer.pad_token_id)
+    to_tensors = PadCollate(tokenizer.pad_token_id)
     unwrapped = model.module if hasattr(model, "module") else model
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    log_every = max(1, loop_config["steps_per_epoch"] // 4)
 
     for epoch in range(progress["epoch"], config.train.epochs):
         started, samples, loss_sum = time.perf_counter(), 0, 0.0
-        batches = train_shard.iter_torch_batches(
-            batch_size=config.train.batch_size, collate_fn=to_tensors, pin_memory=device.type == "cuda",
-            local_shuffle_buffer_size=4 * config.train.batch_size, local_shuffle_seed=config.train.seed + epoch,
+        window = config.train.batch_size * config.train.bucket_batches
+        windows = train_shard.iter_batches(
+            batch_size=window, batch_format="numpy",
+            local_shuffle_buffer_size=2 * window, local_shuffle_seed=config.train.seed + epoch,
         )
-        for batch in batches:
-            batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+        rng = np.random.default_rng(config.train.seed + epoch)
+        for batch in (b for w in windows for b in length_bucketed(w, config.train.batch_size, tokenizer.pad_token_id, rng)):
+            batch = to_device(batch, device)
             progress["step"] += 1
             _maybe_inject_fault(progress["step"], rank, world_size, bool(checkpoint))
             loss_sum += train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip) * len(batch["labels"])
             samples += len(batch["labels"])
             progress["peak_lr"] = max(progress["peak_lr"], scheduler.get_last_lr()[0])
+            if rank == 0 and progress["step"] % log_every == 0:
+                print(f"epoch {epoch + 1} step {progress['step']}: loss {loss_sum / samples:.4f}, "
+                      f"lr {scheduler.get_last_lr()[0]:.2e}, {samples / (time.perf_counter() - started):.0f} samples/s", flush=True)
         train_seconds = time.perf_counter() - started
 
         predictions = Predictions()
         for batch in val_shard.iter_torch_batches(batch_size=256, collate_fn=to_tensors):
-            eval_step(unwrapped, {name: tensor.to(device) for name, tensor in batch.items()}, predictions)
+            eval_step(unwrapped, to_device(batch, device), predictions)
         if world_size > 1:
             parts = [None] * world_size
             torch.distributed.all_gather_object(parts, predictions)
@@ -192,6 +209,7 @@ def make_trainer(config: Config, data: PreparedData, run_config: RunConfig) -> T
             num_workers=config.scale.num_workers,
             use_gpu=config.scale.use_gpu,
             resources_per_worker={"CPU": config.scale.cpus_per_worker},
+            placement_strategy=config.scale.placement_strategy,
         ),
         datasets={"train": data.train, "val": data.val},
         run_config=run_config,

@@ -63,10 +63,9 @@ def tweets_dir(tmp_path_factory):
 
 def tiny_config(data_dir, **flat) -> Config:
     """A model small enough to train in seconds on the fixture tweets."""
-    return Config().with_flat(
-        data=str(data_dir), num_layers=1, num_heads=2, d_model=32, d_ff=64, max_length=32, vocab_size=200,
-        epochs=2, batch_size=8, warmup_steps=2, lr=3e-3, val_fraction=0.2, **flat,
-    )
+    tiny = dict(num_layers=1, num_heads=2, d_model=32, d_ff=64, max_length=32, vocab_size=200,
+                epochs=2, batch_size=8, warmup_steps=2, lr=3e-3, val_fraction=0.2)
+    return Config().with_flat(data=str(data_dir), **{**tiny, **flat})
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +76,12 @@ def tiny_model_dir(ray_session, tweets_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("models") / "tiny"
     train(tiny_config(tweets_dir), output, storage=str(tmp_path_factory.mktemp("ray_results")))
     return output
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "multinode: starts its own multi-node Ray cluster, replacing the session's Ray")
+
+
+def pytest_collection_modifyitems(items):
+    """`multinode` tests shut the session's Ray down for a Cluster of their own: they go last (stable sort)."""
+    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)

@@ -1,0 +1,51 @@
+"""The `sam` command as a user runs it: evaluate, predict, tokenizer train, and clear errors."""
+
+import json
+import subprocess
+import sys
+
+from sam.cli import main
+from tests.conftest import write_jsonl
+
+
+def run_sam(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sam.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_evaluate_prints_a_table_json_and_a_plot(ray_session, tiny_model_dir, tweets_dir, tmp_path, capsys):
+    plot = tmp_path / "cm.png"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(tweets_dir), "--json", "--plot", str(plot)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    results = json.loads(lines[-1])
+    assert results["n"] == 45 and 0 <= results["accuracy"] <= 1 and "macro_f1" in results
+    assert sum(map(sum, results["confusion_matrix"])) == 45
+    assert any(line.startswith("Positive") for line in lines)
+    assert plot.stat().st_size > 0
+
+
+def test_predict_prints_one_json_line_per_text(tiny_model_dir, capsys):
+    assert main(["predict", "--model", str(tiny_model_dir), "I love it", "   ", "so sad"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == ["I love it", "   ", "so sad"]
+    assert lines[1]["error"] == "blank text" and lines[0]["sentiment"] in ("Negative", "Neutral", "Positive")
+
+
+def test_tokenizer_train_writes_a_hf_directory(ray_session, tweets_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    assert main(["tokenizer", "train", "--data", str(tweets_dir), "--vocab-size", "250", "--output", str(tmp_path / "tok")]) == 0
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "tok")) <= 250
+
+
+def test_broken_model_directory_is_one_clear_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = run_sam("evaluate", "--model", str(tmp_path), "--data", str(tmp_path))
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"sam evaluate: error: {tmp_path}: missing model.safetensors"
+
+
+def test_data_without_valid_rows_names_the_file(ray_session, tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "", "label": 0}])
+    assert main(["tokenizer", "train", "--data", str(tmp_path), "--output", str(tmp_path / "tok")]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path}: no valid rows" in error and "train.jsonl:1 blank text" in error

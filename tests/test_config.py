@@ -1,0 +1,28 @@
+import argparse
+
+import pytest
+
+from sam.config import Config, add_config_arguments, config_from_args
+
+
+def test_round_trip_through_dict_and_directory(tmp_path):
+    config = Config().with_flat(lr=1e-3, num_layers=6, data="x.jsonl")
+    assert Config.from_dict(config.to_dict()) == config
+    config.save(tmp_path)
+    assert Config.load(tmp_path) == config
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown setting"):
+        Config().with_flat(learning_rate=1e-3)
+    with pytest.raises(ValueError, match="unknown model settings"):
+        Config.from_dict({"model": {"layers": 4}})
+
+
+def test_cli_options_come_from_the_dataclasses():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["--lr", "2e-4", "--num-layers", "6", "--norm-first", "false", "--limit-train", "100"])
+    config = config_from_args(args)
+    assert (config.train.lr, config.model.num_layers, config.model.norm_first, config.data.limit_train) == (2e-4, 6, False, 100)
+    assert config_from_args(parser.parse_args([])) == Config()

@@ -1,0 +1,46 @@
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from sam import LABELS
+from sam.config import ModelConfig
+from sam.encoding import encode, pad_batch, train_wordpiece
+from sam.models import build_model, summary
+from tests.conftest import tweet_rows
+
+SMALL = ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=64, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_wordpiece([row["text"] for row in tweet_rows()], vocab_size=300)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_logits_shape_and_saved_directory_loads_in_plain_transformers(tokenizer, tmp_path, norm_first):
+    model = build_model(ModelConfig(**{**SMALL.__dict__, "norm_first": norm_first}), tokenizer).eval()
+    batch = pad_batch(encode(tokenizer, ["I love it", "so sad today, hate it"], 32), tokenizer.pad_token_id)
+    logits = model(**batch).logits
+    assert logits.shape == (2, len(LABELS))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.id2label == dict(enumerate(LABELS))
+    torch.testing.assert_close(reloaded(**batch).logits, logits)
+
+
+def test_position_table_covers_max_length(tokenizer):
+    model = build_model(SMALL, tokenizer).eval()
+    long = pad_batch(encode(tokenizer, ["love " * 100], SMALL.max_length), tokenizer.pad_token_id)
+    assert long["input_ids"].shape[1] == SMALL.max_length
+    assert model(**long).logits.shape == (1, 3)
+
+
+def test_heads_must_divide_d_model(tokenizer):
+    with pytest.raises(ValueError, match="must divide"):
+        build_model(ModelConfig(d_model=30, num_heads=4), tokenizer)
+
+
+def test_summary_counts_every_parameter(tokenizer):
+    model = build_model(SMALL, tokenizer)
+    assert f"{sum(p.numel() for p in model.parameters()):,}" in summary(model).splitlines()[-1]

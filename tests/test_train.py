@@ -1,0 +1,39 @@
+"""Ray Train end to end: DDP over gloo on the fixture, and a short run on the real tweets when they are here."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from sam.predict import Predictor
+from sam.train import train
+from tests.conftest import tiny_config
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tweet_sentiment_extraction"
+
+
+def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, tweets_dir, tmp_path):
+    output = tmp_path / "model"
+    metrics = train(tiny_config(tweets_dir, num_workers=2, epochs=3), output, storage=str(tmp_path / "runs"))
+
+    assert metrics["epochs_run"] >= 1 and len(metrics["history"]) == metrics["epochs_run"]
+    assert metrics["peak_lr"] == pytest.approx(3e-3)
+    assert json.loads((output / "metrics.json").read_text())["val_accuracy"] == metrics["val_accuracy"]
+    assert not (output / "optimizer.pt").exists()  # training state stays in the checkpoints
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert model(**tokenizer(["I love it"], return_tensors="pt", return_token_type_ids=False)).logits.shape == (1, 3)
+    prediction = Predictor(output).predict(["I love this song, amazing"])[0]
+    assert prediction["sentiment"] in ("Negative", "Neutral", "Positive")
+    assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="the real train split is not beside the project")
+def test_short_real_training_learns_well_above_chance(ray_session, tmp_path):
+    # The seed sat at 37 % (chance): a small model on 4,000 real tweets must clear 55 % in one short run.
+    config = tiny_config(REAL_DATA, limit_train=4000, num_layers=2, num_heads=4, d_model=64, d_ff=256,
+                         vocab_size=3000, max_length=64, epochs=3, batch_size=32, warmup_steps=30, lr=1e-3,
+                         val_fraction=0.15)
+    metrics = train(config, tmp_path / "model", storage=str(tmp_path / "runs"))
+    assert metrics["val_accuracy"] >= 0.55, metrics
