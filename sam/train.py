@@ -36,7 +36,8 @@ log = logging.getLogger("sam")
 PROGRESS_FILE = "progress.json"  # epoch, early-stopping state and history: what a restarted worker resumes
 OPTIMIZER_FILE = "optimizer.pt"  # optimiser and scheduler state, tensors only (loaded with weights_only)
 METRICS_FILE = "metrics.json"
-# Fault injection for the reliability tests: the worker of this rank exits at this global step, once.
+# Fault injection for the reliability tests: the worker of this rank (default: the last) exits at this
+# global step, in a run that did not start from a checkpoint.
 FAULT_STEP_ENV, FAULT_RANK_ENV = "SAM_FAULT_AT_STEP", "SAM_FAULT_RANK"
 
 
@@ -102,10 +103,14 @@ def _save_checkpoint(directory: str, model, tokenizer, config: Config, optimizer
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, Path(directory, OPTIMIZER_FILE))
 
 
-def _maybe_inject_fault(step: int, rank: int, world_size: int, restored: bool) -> None:
-    at_step = int(os.environ.get(FAULT_STEP_ENV, "0"))
-    fault_rank = int(os.environ.get(FAULT_RANK_ENV, str(world_size - 1)))
-    if at_step and step == at_step and rank == fault_rank and not restored:
+def _fault_plan() -> dict:
+    """Read on the driver, where the tests set it; workers started earlier never see its environment."""
+    return {"at_step": int(os.environ.get(FAULT_STEP_ENV, "0")), "rank": int(os.environ.get(FAULT_RANK_ENV, "-1"))}
+
+
+def _maybe_inject_fault(plan: dict, step: int, rank: int, world_size: int, restored: bool) -> None:
+    fault_rank = plan["rank"] if plan["rank"] >= 0 else world_size - 1
+    if plan["at_step"] and step == plan["at_step"] and rank == fault_rank and not restored:
         log.warning("fault injection: worker %d exits at step %d", rank, step)
         os._exit(1)
 
@@ -156,7 +161,7 @@ def train_func(loop_config: dict) -> None:
         for batch in (b for w in windows for b in length_bucketed(w, config.train.batch_size, tokenizer.pad_token_id, rng)):
             batch = to_device(batch, device)
             progress["step"] += 1
-            _maybe_inject_fault(progress["step"], rank, world_size, bool(checkpoint))
+            _maybe_inject_fault(loop_config["fault"], progress["step"], rank, world_size, bool(checkpoint))
             loss_sum += train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip) * len(batch["labels"])
             samples += len(batch["labels"])
             progress["peak_lr"] = max(progress["peak_lr"], scheduler.get_last_lr()[0])
@@ -204,6 +209,7 @@ def make_trainer(config: Config, data: PreparedData, run_config: RunConfig) -> T
             "tokenizer": data.tokenizer,
             "class_weights": data.class_weights,
             "steps_per_epoch": steps_per_epoch(config, data.n_train),
+            "fault": _fault_plan(),
         },
         scaling_config=ScalingConfig(
             num_workers=config.scale.num_workers,
