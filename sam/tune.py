@@ -1,0 +1,284 @@
+"""Hyperparameter search on Ray Tune. Each trial is a Ray Train run of the foundation's trainer (so a trial can
+be DDP on several workers), ASHA stops weak trials between epochs, and the best trial's best epoch is exported
+as the standard model directory with the search's results beside it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pyarrow.fs
+import ray
+import ray.train
+from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from sam.config import Config
+from sam.train import checkpoint_config, export_model, make_trainer, prepare_data
+
+log = logging.getLogger("sam")
+
+METRIC, MODE = "val_loss", "min"  # what the foundation already early-stops and keeps checkpoints on
+SPEC_FILE = "sam_search.json"  # in the experiment directory: what `--resume` and the report need
+RESULTS_FILE, CURVES_FILE = "search_results.json", "learning_curves.png"
+SEARCH_ALGS = ("random", "optuna", "hyperopt")
+TRIAL_DRIVER_MEMORY = 256 * 1024**2
+
+# Every width is a multiple of every head count, so no sampled pair can fail `build_model`; the choice lists
+# (not sample_from) keep the space expressible for Optuna and HyperOpt as well.
+D_MODELS, NUM_HEADS = (64, 128, 192, 256), (2, 4, 8)
+
+
+def search_space(pretrained: bool = False) -> dict:
+    """Keys are the typed config's bare knob names, applied with `Config.with_flat`. Fine-tuning a pretrained
+    encoder (`init`) searches the optimiser only: its shape is fixed."""
+    space = {
+        "lr": tune.loguniform(1e-5, 2e-4) if pretrained else tune.loguniform(1e-4, 2e-3),
+        "warmup_steps": tune.choice([100, 300, 600]),
+        "weight_decay": tune.loguniform(1e-3, 1e-1),
+        "batch_size": tune.choice([16, 32, 64]),
+    }
+    if not pretrained:
+        space.update(
+            num_layers=tune.choice([2, 3, 4]),
+            num_heads=tune.choice(list(NUM_HEADS)),
+            d_model=tune.choice(list(D_MODELS)),
+            dropout=tune.uniform(0.0, 0.3),
+        )
+    return space
+
+
+def trial_config(base: Config, sampled: dict) -> Config:
+    """The base config with a trial's knobs; d_ff follows a sampled d_model (4x, as in BERT), so width is one knob."""
+    knobs = dict(sampled)
+    if "d_model" in knobs:
+        knobs.setdefault("d_ff", 4 * knobs["d_model"])
+    return base.with_flat(**knobs)
+
+
+def run_trial(sampled: dict, base: dict, train_storage: str) -> None:
+    """The function trainable: it only drives one Ray Train run, whose workers hold the compute. The callback
+    relays every epoch's metrics, with its checkpoint's path, to Tune, so ASHA can stop the run between epochs."""
+    config = trial_config(Config.from_dict(base), sampled)
+    run_config = ray.train.RunConfig(
+        # The same (storage, name) when a trial restarts makes Train resume from the trial's last checkpoint.
+        name=tune.get_context().get_trial_id(),
+        storage_path=train_storage,
+        checkpoint_config=checkpoint_config(),
+        callbacks=[TuneReportCallback()],
+    )
+    make_trainer(config, prepare_data(config), run_config).fit()
+
+
+@dataclass
+class SearchSpec:
+    """What defines a search beyond Tune's own state; stored in the experiment so `resume` needs only its path."""
+
+    base: dict  # Config.to_dict(); its `epochs` is ASHA's max_t
+    num_samples: int
+    fixed: list[str]  # knobs set by hand, left out of the space
+
+    @property
+    def max_epochs(self) -> int:
+        return Config.from_dict(self.base).train.epochs
+
+
+def _filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def _write_spec(experiment: str, spec: SearchSpec) -> None:
+    fs, path = _filesystem(experiment)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{SPEC_FILE}") as stream:
+        stream.write(json.dumps(spec.__dict__, indent=2).encode())
+
+
+def read_spec(experiment: str) -> SearchSpec:
+    fs, path = _filesystem(experiment)
+    with fs.open_input_stream(f"{path}/{SPEC_FILE}") as stream:
+        return SearchSpec(**json.loads(stream.read()))
+
+
+def storage_root(storage: str) -> str:
+    """Local paths are made absolute (Tune needs that); URIs are kept."""
+    return storage.rstrip("/") if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def experiment_path(storage: str, name: str) -> str:
+    return f"{storage_root(storage)}/{name}"
+
+
+def max_concurrent_trials(config: Config) -> int:
+    """As many trials as the free CPUs (and GPUs) allow, keeping one CPU free for Ray Data's tokenizing tasks;
+    a trial beyond that would only start a Train run that waits for workers."""
+    free = ray.available_resources()
+    per_trial = config.scale.num_workers * config.scale.cpus_per_worker
+    fit = max(1, int((free.get("CPU", 0) - 1) // per_trial))
+    if config.scale.use_gpu:
+        fit = min(fit, max(1, int(free.get("GPU", 0) // config.scale.num_workers)))
+    return fit
+
+
+def _search_alg(name: str, seed: int, max_concurrent: int):
+    """Random search by default (seeded: the same search draws the same trials); the model-based searchers
+    only when their package is installed."""
+    if name == "random":  # Tune ignores max_concurrent_trials for a generator instance, so it is given here
+        return tune.search.BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+    try:
+        if name == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            return OptunaSearch(seed=seed)
+        if name == "hyperopt":
+            from ray.tune.search.hyperopt import HyperOptSearch
+
+            return HyperOptSearch(random_state_seed=seed)
+    except (ImportError, AssertionError) as error:  # Ray's wrappers assert that the package imports
+        raise ValueError(f"--search-alg {name} needs the {name} package: pip install {name}") from error
+    raise ValueError(f"unknown search algorithm {name!r}; choose from {', '.join(SEARCH_ALGS)}")
+
+
+def _trainable(experiment: str, spec: SearchSpec):
+    # No CPU for the trial's own actor: it only drives its Train run, whose worker group reserves the CPUs/GPUs
+    # in a placement group of its own (a CPU held here would be one Ray Data could not use). Concurrency is
+    # bounded by `max_concurrent_trials` instead, the Ray Train V2 + Tune pattern; Tune needs some resource,
+    # so the actor books the memory it holds (the split data and tokenizer).
+    trainable = tune.with_parameters(run_trial, base=spec.base, train_storage=f"{experiment}/train_runs")
+    return tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+
+
+def run_search(
+    base: Config, storage: str, name: str, num_samples: int, grace_period: int = 1, reduction_factor: int = 2,
+    search_alg: str = "random", max_concurrent: Optional[int] = None, fixed: tuple[str, ...] = (),
+    space: Optional[dict] = None,
+) -> tuple[tune.ResultGrid, SearchSpec]:
+    """A new search of `space` (default: `search_space`, minus the `fixed` knobs) around `base`."""
+    experiment = experiment_path(storage, name)
+    if space is None:
+        space = {k: v for k, v in search_space(bool(base.data.init)).items() if k not in fixed}
+    max_concurrent = max_concurrent or max_concurrent_trials(base)
+    if max_concurrent > 1 and not base.scale.torch_threads:
+        # Trials share nodes: each worker computes on the CPUs it reserved, not on all of the node's cores.
+        base = base.with_flat(torch_threads=base.scale.cpus_per_worker)
+    spec = SearchSpec(base=base.to_dict(), num_samples=num_samples, fixed=list(fixed))
+    _write_spec(experiment, spec)
+    tuner = tune.Tuner(
+        _trainable(experiment, spec),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=num_samples,
+            # time_attr "epoch" (not Tune's iteration count) stays right when a restored trial resumes mid-run.
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=base.train.epochs, grace_period=grace_period,
+                                    reduction_factor=reduction_factor),
+            search_alg=_search_alg(search_alg, base.train.seed, max_concurrent),
+            max_concurrent_trials=None if search_alg == "random" else max_concurrent,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=storage_root(storage)),
+    )
+    return tuner.fit(), spec
+
+
+def resume_search(storage: str, name: str) -> tuple[tune.ResultGrid, SearchSpec]:
+    """Continues an interrupted search: finished trials are kept, unfinished and errored ones run again (an
+    interrupted Train run from its last checkpoint), and samples not yet started are drawn."""
+    experiment = experiment_path(storage, name)
+    spec = read_spec(experiment)
+    tuner = tune.Tuner.restore(experiment, trainable=_trainable(experiment, spec), resume_errored=True)
+    return tuner.fit(), spec
+
+
+def is_complete(results: tune.ResultGrid, spec: SearchSpec) -> bool:
+    """False after an interrupt (Ctrl-C): Tune then returns the trials so far, and the search is resumable."""
+    return len(results) >= spec.num_samples and results.num_terminated + results.num_errors == len(results)
+
+
+def summarize(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
+    """One row per trial, best (lowest best val_loss) first; `stopped_by` says whether ASHA or the trainer's
+    own patience ended it before max_epochs."""
+    rows = []
+    for result in results:
+        frame = result.metrics_dataframe
+        history = [] if frame is None or "epoch" not in frame else frame.dropna(subset=["epoch"]).to_dict("records")
+        row = {
+            "trial_id": result.metrics.get("trial_id") or Path(result.path).name,
+            "config": result.config,
+            "status": "ERROR" if result.error else "TERMINATED",
+            "epochs": 0, "stopped_early": False, "stopped_by": None,
+            "val_loss": None, "val_accuracy": None, "val_macro_f1": None, "best_epoch": None,
+            "best_val_accuracy": None, "checkpoint_path": None, "path": result.path,
+            "curve": [[int(h["epoch"]), h["val_accuracy"]] for h in history],
+        }
+        if history:
+            best = min(history, key=lambda h: h[METRIC])
+            last = history[-1]
+            epochs = int(max(h["epoch"] for h in history))
+            stopped_by = None
+            if result.error is None and epochs < spec.max_epochs:
+                stopped_by = "patience" if last.get("stopping") else "asha"
+            row.update(
+                epochs=epochs, stopped_early=stopped_by is not None, stopped_by=stopped_by,
+                val_loss=best["val_loss"], val_accuracy=best["val_accuracy"], val_macro_f1=best["val_macro_f1"],
+                best_epoch=int(best["epoch"]), best_val_accuracy=max(h["val_accuracy"] for h in history),
+                checkpoint_path=best.get(CHECKPOINT_PATH_KEY),
+            )
+        rows.append(row)
+    return sorted(rows, key=lambda r: math.inf if r["val_loss"] is None else r["val_loss"])
+
+
+def format_leaderboard(rows: list[dict]) -> str:
+    def knobs(config: dict) -> str:
+        return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
+
+    def num(value) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    lines = [f"{'trial':<12} {'status':<10} {'epochs':>6} {'val_loss':>8} {'val_acc':>7} {'val_f1':>7} "
+             f"{'stopped':<8}  config"]
+    for row in rows:
+        lines.append(
+            f"{row['trial_id']:<12} {row['status']:<10} {row['epochs']:>6} {num(row['val_loss']):>8} "
+            f"{num(row['val_accuracy']):>7} {num(row['val_macro_f1']):>7} {row['stopped_by'] or 'no':<8}  "
+            f"{knobs(row['config'])}"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[dict], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for rank, row in enumerate(rows):
+        if row["curve"]:
+            epochs, accuracy = zip(*row["curve"])
+            axes.plot(epochs, accuracy, marker="o", lw=2.5 if rank == 0 else 1, label=row["trial_id"])
+    axes.set(xlabel="epoch", ylabel="validation accuracy", title="Search: validation accuracy by epoch")
+    axes.grid(alpha=0.3)
+    if len(rows) <= 20:
+        axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def export_best(rows: list[dict], output: str | Path, storage: str, name: str) -> dict:
+    """The best trial's best epoch as the standard model directory, the leaderboard and curves beside it."""
+    best = next((row for row in rows if row["checkpoint_path"]), None)
+    if best is None:
+        raise ValueError("no trial reported a checkpoint; nothing to export")
+    filesystem, _ = _filesystem(experiment_path(storage, name))
+    checkpoint = ray.train.Checkpoint(best["checkpoint_path"], filesystem=filesystem)
+    metrics = export_model(checkpoint, output, {"trial_id": best["trial_id"], "search": experiment_path(storage, name),
+                                                "search_config": best["config"]})
+    Path(output, RESULTS_FILE).write_text(json.dumps([{k: v for k, v in row.items() if k != "curve"} | {
+        "val_accuracy_by_epoch": [acc for _, acc in row["curve"]]} for row in rows], indent=2, default=str) + "\n")
+    plot_curves(rows, Path(output, CURVES_FILE))
+    return metrics

@@ -1,0 +1,145 @@
+"""Hyperparameter search: the space, an end-to-end tiny search through ASHA to an exported model, and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config, tweet_rows, write_jsonl
+
+from sam.config import Config
+from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, search_space, trial_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# The shape of conftest's tiny model, as command-line options (each one fixed, so out of the space).
+TINY_OPTIONS = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
+                "--vocab-size", "200", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def many_tweets(tmp_path_factory):
+    """The fixture tweets eight times over: enough steps per epoch that a good lr clearly beats a useless one
+    after the first epoch, which is what makes ASHA's decision deterministic below."""
+    directory = tmp_path_factory.mktemp("many_tweets")
+    write_jsonl(directory / "train.jsonl", tweet_rows() * 8)
+    return directory
+
+
+def test_space_keys_are_config_knobs_and_every_shape_is_valid():
+    for pretrained in (False, True):
+        Config().with_flat(**{k: 1 for k in search_space(pretrained)})  # raises on a key that is not a knob
+    assert set(search_space(pretrained=True)) == {"lr", "warmup_steps", "weight_decay", "batch_size"}
+    for d_model in D_MODELS:
+        for heads in NUM_HEADS:
+            config = trial_config(Config(), {"d_model": d_model, "num_heads": heads})
+            assert config.model.d_model % config.model.num_heads == 0
+            assert config.model.d_ff == 4 * d_model
+
+
+@pytest.fixture
+def remove_new_placement_groups(ray_session):
+    """Tune ends a stopped trial's actor, and with it the trial's Train controller; Ray Train's cleaner then
+    removes the workers' placement group through the State API, which needs the dashboard that the shared
+    test session runs without. So this test removes what it left, for the tests after it."""
+    from ray._raylet import PlacementGroupID
+    from ray.util import placement_group_table, remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+
+    before = set(placement_group_table())
+    yield
+    for pg_id, info in placement_group_table().items():
+        if pg_id not in before and info["state"] == "CREATED":
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+
+
+def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_groups, many_tweets, tmp_path):
+    from ray import tune
+    from transformers import AutoModelForSequenceClassification
+
+    from sam.predict import Predictor
+    from sam.tune import export_best, is_complete, run_search, summarize
+
+    base = tiny_config(many_tweets).with_flat(epochs=3, patience=10)
+    # One good lr first, then two useless ones, one trial at a time: the first trial sets ASHA's bar at epoch 1
+    # and the others fall below it, whatever the timing (grace 1, reduction factor 2, max 3 epochs).
+    results, spec = run_search(base, str(tmp_path / "storage"), "tiny", num_samples=1, grace_period=1,
+                               reduction_factor=2, max_concurrent=1,
+                               space={"lr": tune.grid_search([3e-3, 1e-7, 1e-7])})
+    assert is_complete(results, spec)
+    rows = summarize(results, spec)
+    export = tmp_path / "best"
+    metrics = export_best(rows, export, str(tmp_path / "storage"), "tiny")
+
+    saved = json.loads((export / RESULTS_FILE).read_text())
+    assert len(saved) == 3 and all(row["status"] == "TERMINATED" for row in saved)
+    assert {"config", "val_accuracy", "epochs", "status", "stopped_early"} <= set(saved[0])
+    by_lr = sorted(saved, key=lambda row: -row["config"]["lr"])
+    assert by_lr[0]["epochs"] == 3 and not by_lr[0]["stopped_early"]
+    assert [row["stopped_by"] for row in by_lr[1:]] == ["asha", "asha"]
+    assert all(row["epochs"] < 3 for row in by_lr[1:])
+    assert metrics["trial_id"] == by_lr[0]["trial_id"] == saved[0]["trial_id"]  # the best is exported
+
+    assert (export / "learning_curves.png").stat().st_size > 0
+    model = AutoModelForSequenceClassification.from_pretrained(export)
+    assert model.config.num_labels == 3
+    predictions = Predictor(export).predict(["I love this", "I hate this"])
+    assert {p["sentiment"] for p in predictions} <= {"Negative", "Neutral", "Positive"}
+    assert list((tmp_path / "storage" / "tiny").glob("run_trial_*/events.out.tfevents.*"))  # TensorBoard logs
+
+
+def _finished_trials(experiment: Path) -> dict[str, int]:
+    """Trial id -> lines in its result.json, for the trials Tune's saved state records as finished."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        trials = [json.loads(trial[0]) for trial in json.loads(states[-1].read_text())["trial_data"]]
+    except (json.JSONDecodeError, KeyError):  # caught mid-write
+        return {}
+    finished = {}
+    for trial in trials:
+        if trial["status"] == "TERMINATED":
+            result_file = next(experiment.glob(f"run_trial_{trial['trial_id']}_*/result.json"))
+            finished[trial["trial_id"]] = len(result_file.read_text().splitlines())
+    return finished
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(many_tweets, tmp_path):
+    storage, export = tmp_path / "storage", tmp_path / "best"
+    command = [sys.executable, str(ROOT / "tune" / "search.py"), "--storage", str(storage), "--name", "resumable",
+               "--export", str(export)]
+    # Its own local Ray (with the dashboard, which Train's placement-group cleaner needs); Tune saves its state
+    # every second so the test sees a finished trial before the search ends.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    first = subprocess.Popen(
+        command + ["--data", str(many_tweets), "--num-samples", "3", "--max-epochs", "2", "--max-concurrent", "1",
+                   *TINY_OPTIONS],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (finished := _finished_trials(storage / "resumable")) and first.poll() is None:
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(1)
+        first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, stderr[-3000:]
+    assert not export.exists()  # an interrupted search exports nothing
+    finished = _finished_trials(storage / "resumable")  # what the saved state says was done when it stopped
+
+    resumed = subprocess.run(command + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    saved = json.loads((export / RESULTS_FILE).read_text())
+    assert len(saved) == 3 and all(row["status"] == "TERMINATED" for row in saved)
+    # A rerun trial would have appended results to its result.json; the finished ones have none added.
+    for trial_id, lines in finished.items():
+        result_file = next((storage / "resumable").glob(f"run_trial_{trial_id}_*/result.json"))
+        assert len(result_file.read_text().splitlines()) == lines
+    assert (export / "config.json").is_file() and (export / "learning_curves.png").is_file()
