@@ -1,0 +1,153 @@
+"""The Serve app over real HTTP: both request forms, batching, validation, info routes, bad model directories."""
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from pydantic import ValidationError
+
+from sam import LABELS
+from sam.encoding import MAX_TEXT_CHARS
+from sam.predict import ModelDirError
+from sam.serve import MAX_BODY_BYTES, MAX_TEXTS, ServeArgs, build_app
+from conftest import NEGATIVE, NEUTRAL, POSITIVE
+
+TEXTS = [NEGATIVE[0], NEUTRAL[0], POSITIVE[0], "ok", "an unseen tweet with words the model never saw: zyxw"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(ray_session, tiny_model_dir):
+    from ray import serve
+
+    port = _free_port()  # not 8000: other Serve instances may share this machine
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # A long wait makes concurrent requests meet in one batch whatever the machine's speed.
+    serve.run(build_app(ServeArgs(model_dir=str(tiny_model_dir), max_batch_size=8, batch_wait_timeout_s=0.2)), name="sam")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def predict(url, payload, **kwargs):
+    return requests.post(f"{url}/predict", json=payload, timeout=60, **kwargs)
+
+
+def assert_prediction(prediction):
+    assert prediction["sentiment"] == LABELS[prediction["label"]]
+    assert set(prediction["scores"]) == set(LABELS)
+    assert prediction["confidence"] == max(prediction["scores"].values())
+    assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_single_and_batch_forms_agree(url):
+    singles = [predict(url, {"text": t}) for t in TEXTS]
+    assert all(r.status_code == 200 for r in singles)
+    batch = predict(url, {"texts": TEXTS})
+    assert batch.status_code == 200
+    predictions = batch.json()["predictions"]
+    assert len(predictions) == len(TEXTS)
+    for single, batched in zip(singles, predictions):
+        assert_prediction(batched)
+        assert single.json()["label"] == batched["label"]
+        for name in LABELS:  # padding next to other texts may move the 4th decimal, never more
+            assert single.json()["scores"][name] == pytest.approx(batched["scores"][name], abs=2e-3)
+
+
+def test_concurrent_requests_are_batched(url):
+    texts = (NEGATIVE + NEUTRAL + POSITIVE)[:32]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda t: predict(url, {"text": t}), texts))
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    batching = requests.get(f"{url}/model", timeout=30).json()["batching"]
+    assert batching["max_batch_size"] == 8
+    assert max(batching["recent_batch_sizes"]) > 1
+    assert max(batching["recent_batch_sizes"]) <= 8
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},  # missing field
+        {"txt": "typo"},
+        {"text": ""},
+        {"text": "   \n\t"},
+        {"text": 42},
+        {"text": ["a list"]},
+        {"text": None},
+        {"texts": None},
+        {"text": "a", "texts": ["both"]},
+        {"text": "x" * (MAX_TEXT_CHARS + 1)},
+        {"texts": []},
+        {"texts": ["fine", ""]},
+        {"texts": ["fine", 3]},
+        {"texts": "not a list"},
+        {"texts": ["a"] * (MAX_TEXTS + 1)},
+        [],
+        "just a string",
+    ],
+)
+def test_invalid_requests_get_4xx_and_server_stays_up(url, payload):
+    response = predict(url, payload)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["detail"]
+    assert predict(url, {"text": "still answering?"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b'{"text": "unterminated', b'{"text": "\xff\xfe bad utf-8"}', b"", b"null"],
+)
+def test_malformed_bodies_get_4xx(url, body):
+    response = requests.post(f"{url}/predict", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert 400 <= response.status_code < 500, response.text
+    assert predict(url, {"text": "still answering?"}).status_code == 200
+
+
+def test_text_at_the_limit_is_accepted(url):
+    assert predict(url, {"text": "a" * MAX_TEXT_CHARS}).status_code == 200
+    assert predict(url, {"texts": ["b"] * MAX_TEXTS}).status_code == 200
+
+
+def test_oversized_bodies_are_refused(url):
+    big = json.dumps({"text": "x" * (MAX_BODY_BYTES + 10)}).encode()
+    assert requests.post(f"{url}/predict", data=big, timeout=30).status_code == 413
+    # Chunked, so no Content-Length: the limit must be counted while the body streams in.
+    chunks = (b"x" * 65536 for _ in range(MAX_BODY_BYTES // 65536 + 2))
+    assert requests.post(f"{url}/predict", data=chunks, timeout=30).status_code == 413
+    assert predict(url, {"text": "still answering?"}).status_code == 200
+
+
+def test_info_routes(url, tiny_model_dir):
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    info = requests.get(f"{url}/model", timeout=30).json()
+    assert info["labels"] == list(LABELS)
+    assert info["model_dir"] == str(tiny_model_dir.resolve())
+    assert info["config"]["model"]["num_layers"] == 1
+    assert "val_accuracy" in info["metrics"]
+    assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+    assert "/predict" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+
+
+def test_bad_model_dir_fails_in_one_line(tmp_path):
+    with pytest.raises(ModelDirError, match="no such model directory") as missing:
+        build_app(ServeArgs(model_dir=str(tmp_path / "absent")))
+    assert "\n" not in str(missing.value)
+    with pytest.raises(ModelDirError, match="missing config.json"):
+        build_app(ServeArgs(model_dir=str(tmp_path)))
+
+
+def test_builder_args(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAM_MODEL_DIR", str(tmp_path))
+    args = ServeArgs.model_validate({"max_batch_size": "16", "autoscaling_config": '{"min_replicas": 1, "max_replicas": 2}'})
+    assert args.model_dir == str(tmp_path)
+    assert args.max_ongoing_requests == 64  # sized with the batch, not Serve's default of 5
+    assert args.autoscaling_config == {"min_replicas": 1, "max_replicas": 2}
+    with pytest.raises(ValidationError, match="caps every batch"):
+        ServeArgs(max_batch_size=64, max_ongoing_requests=8)
