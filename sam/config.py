@@ -28,6 +28,7 @@ class ModelConfig:
     max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)")
     norm_first: bool = _knob(True, "pre-layer-norm encoder (the design card's choice); false gives BERT's post-norm")
     vocab_size: int = _knob(8000, "vocabulary of a corpus-trained WordPiece tokenizer")
+    lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer (tweets' casing is noise)")
 
 
 @dataclass
@@ -136,8 +137,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
                 "--" + knob.name.replace("_", "-"),
                 dest=knob.name,
                 type=parse,
+                **({"nargs": "?", "const": True} if kind is bool else {}),  # `--use-gpu` alone means true
                 default=argparse.SUPPRESS,
-                metavar=knob.name.upper() if kind is not bool else "BOOL",
+                metavar=knob.name.upper() if kind is not bool else "true|false",
                 help=f"{knob.metadata['help']} (default: {getattr(section, knob.name)})",
             )
 

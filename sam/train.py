@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import ray
 import ray.train
 import ray.train.torch
@@ -52,17 +53,23 @@ class PreparedData:
     report: LoadReport
 
 
-def prepare_data(config: Config) -> PreparedData:
-    """Read, validate and split on the driver; tokenization streams in Ray Data tasks during training."""
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch per worker drowns the log
+def split_and_tokenizer(config: Config) -> tuple[pd.DataFrame, pd.DataFrame, object, LoadReport]:
+    """Validated rows split into shuffled train and validation frames, and the tokenizer for them."""
     frame, report = load_frame(config.data.data, "train", config.data.limit_train)
     train, val = split_frame(frame, config.data.val_fraction, config.train.seed)
     if config.data.init:
         tokenizer = load_tokenizer(config.data.init)
     else:
-        tokenizer = resolve_tokenizer(config.data.tokenizer, train["text"].tolist(), config.model.vocab_size)
+        tokenizer = resolve_tokenizer(config.data.tokenizer, train["text"].tolist(), config.model.vocab_size, config.model.lowercase)
     # One seeded shuffle here; each epoch adds a local shuffle in the workers.
     train = train.sample(frac=1.0, random_state=config.train.seed).reset_index(drop=True)
+    return train, val, tokenizer, report
+
+
+def prepare_data(config: Config) -> PreparedData:
+    """Read, validate and split on the driver; tokenization streams in Ray Data tasks during training."""
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch per worker drowns the log
+    train, val, tokenizer, report = split_and_tokenizer(config)
     return PreparedData(
         train=to_token_dataset(train, tokenizer, config.model.max_length),
         val=to_token_dataset(val, tokenizer, config.model.max_length),
@@ -134,7 +141,8 @@ def train_func(loop_config: dict) -> None:
         with checkpoint.as_directory() as directory:
             model = AutoModelForSequenceClassification.from_pretrained(directory)
             progress = json.loads(Path(directory, PROGRESS_FILE).read_text())
-            states = torch.load(Path(directory, OPTIMIZER_FILE), weights_only=True)
+            # To CPU first: the saving worker's GPU index may not exist where the run resumes.
+            states = torch.load(Path(directory, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
         progress["restored_from_epoch"] = progress["epoch"]
     else:
         model = _initial_model(config, tokenizer)

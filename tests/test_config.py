@@ -26,3 +26,4 @@ def test_cli_options_come_from_the_dataclasses():
     config = config_from_args(args)
     assert (config.train.lr, config.model.num_layers, config.model.norm_first, config.data.limit_train) == (2e-4, 6, False, 100)
     assert config_from_args(parser.parse_args([])) == Config()
+    assert config_from_args(parser.parse_args(["--use-gpu"])).scale.use_gpu is True
