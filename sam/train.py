@@ -37,6 +37,9 @@ log = logging.getLogger("sam")
 PROGRESS_FILE = "progress.json"  # epoch, early-stopping state and history: what a restarted worker resumes
 OPTIMIZER_FILE = "optimizer.pt"  # optimiser and scheduler state, tensors only (loaded with weights_only)
 METRICS_FILE = "metrics.json"
+# Early stopping watches validation loss (it moves before accuracy does); the exported epoch is the one with
+# the best validation accuracy, the figure users judge the model by.
+SELECT_METRIC, SELECT_MODE = "val_accuracy", "max"
 # Fault injection for the reliability tests: the worker of this rank (default: the last) exits at this
 # global step, in a run that did not start from a checkpoint.
 FAULT_STEP_ENV, FAULT_RANK_ENV = "SAM_FAULT_AT_STEP", "SAM_FAULT_RANK"
@@ -231,22 +234,30 @@ def make_trainer(config: Config, data: PreparedData, run_config: RunConfig) -> T
 
 
 def checkpoint_config() -> CheckpointConfig:
-    """Keep the best epoch by validation loss; Ray also always keeps the latest, to resume from."""
-    return CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min")
+    """Keep the best epoch by validation accuracy; Ray also always keeps the latest, to resume from."""
+    return CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECT_METRIC, checkpoint_score_order=SELECT_MODE)
 
 
-def export_model(checkpoint: ray.train.Checkpoint, output: str | Path, extra_metrics: dict) -> dict:
-    """The checkpoint as a clean model directory (no optimiser state) with metrics.json beside it."""
+def _progress(checkpoint: ray.train.Checkpoint) -> dict:
+    with checkpoint.as_directory() as directory:
+        return json.loads(Path(directory, PROGRESS_FILE).read_text())
+
+
+def export_model(checkpoint: ray.train.Checkpoint, output: str | Path, extra_metrics: dict,
+                 latest: ray.train.Checkpoint | None = None) -> dict:
+    """The checkpoint as a clean model directory (no optimiser state) with metrics.json beside it; the
+    history comes from `latest` when given, since the best epoch's own record stops at that epoch."""
     output = Path(output)
     with checkpoint.as_directory() as directory:
-        progress = json.loads(Path(directory, PROGRESS_FILE).read_text())
+        exported = json.loads(Path(directory, PROGRESS_FILE).read_text())["epoch"]
         if output.exists():
             shutil.rmtree(output)
         shutil.copytree(directory, output, ignore=shutil.ignore_patterns(PROGRESS_FILE, OPTIMIZER_FILE))
-    best = progress["history"][progress["best_epoch"] - 1]
+    progress = _progress(latest or checkpoint)
+    best = progress["history"][exported - 1]
     metrics = {
         "val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"], "val_loss": best["val_loss"],
-        "best_epoch": progress["best_epoch"], "epochs_run": progress["epoch"], "peak_lr": progress["peak_lr"],
+        "best_epoch": exported, "epochs_run": progress["epoch"], "peak_lr": progress["peak_lr"],
         "history": progress["history"], **extra_metrics,
     }
     Path(output, METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -272,11 +283,11 @@ def train(config: Config, output: str | Path, storage: str | None = None, name: 
         failure_config=FailureConfig(max_failures=max_failures),
     )
     result = make_trainer(config, data, run_config).fit()
-    best = result.get_best_checkpoint(metric="val_loss", mode="min")
+    best = result.get_best_checkpoint(metric=SELECT_METRIC, mode=SELECT_MODE)
     metrics = export_model(best, output, {
         "n_train": data.n_train, "n_val": data.n_val, "dropped_rows": dict(data.report.dropped),
         "wall_s": time.perf_counter() - started,
-    })
+    }, latest=result.checkpoint)
     log.info("best epoch %d of %d: val accuracy %.4f, macro-F1 %.4f; model directory %s",
              metrics["best_epoch"], metrics["epochs_run"], metrics["val_accuracy"], metrics["val_macro_f1"], output)
     return metrics

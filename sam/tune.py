@@ -19,11 +19,11 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from ray.tune.schedulers import ASHAScheduler
 
 from sam.config import Config
-from sam.train import checkpoint_config, export_model, make_trainer, prepare_data
+from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, export_model, make_trainer, prepare_data
 
 log = logging.getLogger("sam")
 
-METRIC, MODE = "val_loss", "min"  # what the foundation already early-stops and keeps checkpoints on
+METRIC, MODE = SELECT_METRIC, SELECT_MODE  # what the foundation keeps and exports checkpoints by
 SPEC_FILE = "sam_search.json"  # in the experiment directory: what `--resume` and the report need
 RESULTS_FILE, CURVES_FILE = "search_results.json", "learning_curves.png"
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
@@ -199,7 +199,7 @@ def is_complete(results: tune.ResultGrid, spec: SearchSpec) -> bool:
 
 
 def summarize(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
-    """One row per trial, best (lowest best val_loss) first; `stopped_by` says whether ASHA or the trainer's
+    """One row per trial, best (highest best val_accuracy) first; `stopped_by` says whether ASHA or the trainer's
     own patience ended it before max_epochs."""
     rows = []
     for result in results:
@@ -207,15 +207,15 @@ def summarize(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
         history = [] if frame is None or "epoch" not in frame else frame.dropna(subset=["epoch"]).to_dict("records")
         row = {
             "trial_id": result.metrics.get("trial_id") or Path(result.path).name,
-            "config": result.config,
+            "config": result.config or {},  # None for a trial interrupted before its first report
             "status": "ERROR" if result.error else "TERMINATED",
             "epochs": 0, "stopped_early": False, "stopped_by": None,
             "val_loss": None, "val_accuracy": None, "val_macro_f1": None, "best_epoch": None,
-            "best_val_accuracy": None, "checkpoint_path": None, "path": result.path,
+            "best_val_accuracy": None, "checkpoint_path": None, "latest_checkpoint_path": None, "path": result.path,
             "curve": [[int(h["epoch"]), h["val_accuracy"]] for h in history],
         }
         if history:
-            best = min(history, key=lambda h: h[METRIC])
+            best = (max if MODE == "max" else min)(history, key=lambda h: h[METRIC])
             last = history[-1]
             epochs = int(max(h["epoch"] for h in history))
             stopped_by = None
@@ -225,10 +225,11 @@ def summarize(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
                 epochs=epochs, stopped_early=stopped_by is not None, stopped_by=stopped_by,
                 val_loss=best["val_loss"], val_accuracy=best["val_accuracy"], val_macro_f1=best["val_macro_f1"],
                 best_epoch=int(best["epoch"]), best_val_accuracy=max(h["val_accuracy"] for h in history),
-                checkpoint_path=best.get(CHECKPOINT_PATH_KEY),
+                checkpoint_path=best.get(CHECKPOINT_PATH_KEY), latest_checkpoint_path=last.get(CHECKPOINT_PATH_KEY),
             )
         rows.append(row)
-    return sorted(rows, key=lambda r: math.inf if r["val_loss"] is None else r["val_loss"])
+    sign = -1 if MODE == "max" else 1
+    return sorted(rows, key=lambda r: math.inf if r[METRIC] is None else sign * r[METRIC])
 
 
 def format_leaderboard(rows: list[dict]) -> str:
@@ -275,9 +276,9 @@ def export_best(rows: list[dict], output: str | Path, storage: str, name: str) -
     if best is None:
         raise ValueError("no trial reported a checkpoint; nothing to export")
     filesystem, _ = _filesystem(experiment_path(storage, name))
-    checkpoint = ray.train.Checkpoint(best["checkpoint_path"], filesystem=filesystem)
+    checkpoint, latest = (ray.train.Checkpoint(best[key], filesystem=filesystem) for key in ("checkpoint_path", "latest_checkpoint_path"))
     metrics = export_model(checkpoint, output, {"trial_id": best["trial_id"], "search": experiment_path(storage, name),
-                                                "search_config": best["config"]})
+                                                "search_config": best["config"]}, latest=latest)
     Path(output, RESULTS_FILE).write_text(json.dumps([{k: v for k, v in row.items() if k != "curve"} | {
         "val_accuracy_by_epoch": [acc for _, acc in row["curve"]]} for row in rows], indent=2, default=str) + "\n")
     plot_curves(rows, Path(output, CURVES_FILE))

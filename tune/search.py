@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--export", default="models/best", help="model directory for the best trial (default: models/best)")
     search.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train (DDP) workers per trial (default: 1, or one per GPU)")
     search.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs a trial's workers reserve, split between them")
-    search.add_argument("--gpus-per-trial", type=int, default=0, help="GPUs per trial, one per worker")
+    search.add_argument("--gpus-per-trial", type=int, default=0, help="1 or more: train on GPUs, one per worker (a trial of W workers holds W GPUs)")
     search.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as the free CPUs/GPUs allow)")
     add_config_arguments(parser, sections=("model", "train", "data"))
     return parser
@@ -47,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def scale_knobs(args: argparse.Namespace) -> dict:
     workers = args.workers_per_trial or max(1, args.gpus_per_trial)
-    if args.gpus_per_trial and args.gpus_per_trial != workers:
-        raise ValueError(f"--gpus-per-trial {args.gpus_per_trial} needs one worker per GPU (--workers-per-trial {args.gpus_per_trial})")
     return {"num_workers": workers, "use_gpu": args.gpus_per_trial > 0,
             "cpus_per_worker": max(1, args.cpus_per_trial // workers)}
 
