@@ -16,6 +16,9 @@ import click
 import ray
 import torch
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 from ray import serve
 from ray.serve import Application
@@ -30,6 +33,7 @@ log = logging.getLogger("ray.serve")
 DEFAULT_MODEL_DIR = "models/best"
 MAX_TEXTS = 256  # per request: a bigger list is a bulk job, not a request
 MAX_BODY_BYTES = 1 << 20  # 256 texts of ordinary tweets fit with room to spare
+MAX_HEADER_BYTES = 16 << 10  # as h11 and Node: the proxy (uvicorn with httptools) has no limit of its own
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
@@ -87,8 +91,8 @@ class ServeArgs(BaseModel):
 
 
 class BodyLimit:
-    """ASGI middleware: refuses bodies over `max_bytes` (413) from Content-Length or while streaming, before
-    anything parses them, then replays the buffered body to the app."""
+    """ASGI middleware: refuses headers over MAX_HEADER_BYTES (431), and bodies over `max_bytes` (413) from
+    Content-Length or while streaming, before anything parses them, then replays the buffered body to the app."""
 
     def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
         self.app, self.max_bytes = app, max_bytes
@@ -96,6 +100,8 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+            return await self._refuse(send, 431)
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_bytes:
             return await self._refuse(send, 413 if length.isdigit() else 400)
@@ -121,7 +127,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send, status: int) -> None:
-        detail = f"request body over {self.max_bytes} bytes" if status == 413 else "bad Content-Length"
+        detail = {413: f"request body over {self.max_bytes} bytes", 431: f"request headers over {MAX_HEADER_BYTES} bytes"}.get(status, "bad Content-Length")
         payload = json.dumps({"detail": detail}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -130,6 +136,14 @@ class BodyLimit:
 
 api = FastAPI(title="SAM tweet sentiment", description="Negative / Neutral / Positive for tweets, batched on Ray Serve.")
 api.add_middleware(BodyLimit)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, error: RequestValidationError) -> Response:
+    """FastAPI's own 422 echoes each bad input back and cannot encode a lone surrogate, NaN or Infinity (all
+    accepted by Python's JSON parser): such requests got a 500. The same 422, without the echo, in ASCII."""
+    errors = [{k: v for k, v in e.items() if k != "input"} for e in error.errors()]
+    return Response(json.dumps({"detail": jsonable_encoder(errors)}), status_code=422, media_type="application/json")
 
 
 @serve.deployment(name="Sentiment")
