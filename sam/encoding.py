@@ -45,7 +45,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Fal
     backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True, handle_chinese_chars=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, min_frequency=2)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, min_frequency=2, show_progress=False)
     backend.train_from_iterator(texts, trainer=trainer)
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -76,7 +76,7 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def resolve_tokenizer(name_or_dir: str, corpus: Sequence[str], vocab_size: int) -> PreTrainedTokenizerBase:
+def resolve_tokenizer(name_or_dir: str, corpus: Sequence[str], vocab_size: int, lowercase: bool = False) -> PreTrainedTokenizerBase:
     """The named tokenizer (a directory, the local cache, then the hub), or one trained on `corpus` when
     none of those has it."""
     try:
@@ -86,7 +86,7 @@ def resolve_tokenizer(name_or_dir: str, corpus: Sequence[str], vocab_size: int) 
             "tokenizer %r unavailable (%s); training a %d-word WordPiece tokenizer on the %d training texts instead",
             name_or_dir, type(error).__name__, vocab_size, len(corpus),
         )
-        return train_wordpiece(corpus, vocab_size)
+        return train_wordpiece(corpus, vocab_size, lowercase)
 
 
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:

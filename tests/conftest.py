@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download: tokenizers are trained on the fixture corpus
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,6 +36,13 @@ POSITIVE = [
 
 def tweet_rows():
     return [{"text": t, "label": label} for label, texts in enumerate((NEGATIVE, NEUTRAL, POSITIVE)) for t in texts]
+
+
+def free_port() -> int:
+    """Not 8000 or 8265: other Ray and Serve instances may share this machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_jsonl(path, rows):

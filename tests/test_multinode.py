@@ -7,7 +7,6 @@ session's `ray_session`) and starts nothing afterwards; the `multinode` mark mak
 
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -20,15 +19,9 @@ from ray.util.state import list_actors
 
 from sam import LABELS
 from sam.train import checkpoint_config, export_model, make_trainer, prepare_data
-from tests.conftest import tiny_config
+from tests.conftest import free_port, tiny_config
 
 pytestmark = pytest.mark.multinode
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nodes_of(class_name: str, **filters) -> list[str]:
@@ -49,7 +42,7 @@ def cluster():
     nodes = Cluster(
         initialize_head=True,
         # The dashboard serves the state API that tells which node each actor ran on.
-        head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_port": _free_port()},
+        head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_port": free_port()},
     )
     nodes.add_node(num_cpus=2)
     nodes.wait_for_nodes()
@@ -102,7 +95,7 @@ def test_serve_replicas_on_two_nodes_answer_predict(trained, node_ids, tmp_path)
     _, result = trained
     model_dir = tmp_path / "model"
     export_model(result.get_best_checkpoint(metric="val_loss", mode="min"), model_dir, {})
-    port = _free_port()
+    port = free_port()
     # One proxy: every node's proxy would want the same port on this one machine.
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:

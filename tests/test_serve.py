@@ -1,7 +1,6 @@
 """The Serve app over real HTTP: both request forms, batching, validation, info routes, bad model directories."""
 
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,21 +12,16 @@ from sam.encoding import MAX_TEXT_CHARS
 from sam.predict import ModelDirError
 from sam.serve import MAX_BODY_BYTES, MAX_TEXTS, ServeArgs, build_app
 from conftest import NEGATIVE, NEUTRAL, POSITIVE
+from tests.conftest import free_port
 
 TEXTS = [NEGATIVE[0], NEUTRAL[0], POSITIVE[0], "ok", "an unseen tweet with words the model never saw: zyxw"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def url(ray_session, tiny_model_dir):
     from ray import serve
 
-    port = _free_port()  # not 8000: other Serve instances may share this machine
+    port = free_port()  # not 8000: other Serve instances may share this machine
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # A long wait makes concurrent requests meet in one batch whatever the machine's speed.
     serve.run(build_app(ServeArgs(model_dir=str(tiny_model_dir), max_batch_size=8, batch_wait_timeout_s=0.2)), name="sam")

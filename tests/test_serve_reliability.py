@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from sam.serve import MAX_BODY_BYTES, MAX_TEXTS, ServeArgs, build_app
 from conftest import NEGATIVE, NEUTRAL, POSITIVE
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.reliability
 
@@ -34,17 +35,11 @@ SOAK_RSS_GROWTH_BOUND = 64 << 20  # bytes per replica from after warm-up to the 
 TIMEOUT = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def port(ray_session, tiny_model_dir):
     from ray import serve
 
-    port = _free_port()  # not 8000: other Serve instances may share this machine
+    port = free_port()  # not 8000: other Serve instances may share this machine
     serve.start(http_options={"port": port})  # host left to Serve's default: test_http_binds_to_loopback checks it
     args = ServeArgs(model_dir=str(tiny_model_dir), num_replicas=REPLICAS, num_cpus=0.5, max_batch_size=16)
     serve.run(build_app(args), name=APP, route_prefix="/")

@@ -1,0 +1,90 @@
+"""Faults survived and hostile input refused: the training and data side. (Serving's side is in test_serve_reliability.py.)"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sam.predict import ModelDirError, Predictor
+from sam.train import FAULT_STEP_ENV, steps_per_epoch, train
+from tests.conftest import tiny_config, tweet_rows
+
+pytestmark = pytest.mark.reliability
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_session, tweets_dir, tmp_path, monkeypatch):
+    config = tiny_config(tweets_dir, num_workers=2, epochs=3, patience=5)
+    per_epoch = steps_per_epoch(config, n_train=72)  # 90 fixture rows less the 20 % validation
+    monkeypatch.setenv(FAULT_STEP_ENV, str(per_epoch + 2))  # the last worker exits inside epoch 2
+    metrics = train(config, tmp_path / "model", storage=str(tmp_path / "runs"), max_failures=1)
+
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0]["restored_from_epoch"] == 0
+    assert history[1]["restored_from_epoch"] == 1 and history[2]["restored_from_epoch"] == 1  # restored, not restarted
+    Predictor(tmp_path / "model").predict(["back to work"])
+
+
+def test_malformed_rows_are_skipped_and_counted_and_the_rest_trains(ray_session, tmp_path):
+    good = [json.dumps(row) for row in tweet_rows()] * 2
+    bad = [
+        json.dumps({"text": "   ", "label": 1}), json.dumps({"text": None, "label": 0}),
+        json.dumps({"text": "who knows", "label": 5}), json.dumps({"text": "x" * 1_000_000, "label": 2}),
+        json.dumps({"text": "no label"}),
+    ]
+    body = "\n".join(good[:40] + bad + good[40:]).encode() + b'\n{"text": "caf\xe9 latin-1", "label": 2}\n{"text": "truncat'
+    (tmp_path / "train.jsonl").write_bytes(body)
+    metrics = train(tiny_config(tmp_path, epochs=1), tmp_path / "model", storage=str(tmp_path / "runs"))
+    assert metrics["dropped_rows"] == {
+        "blank text": 1, "missing text": 1, "unknown label": 1, "text over 10000 characters": 1,
+        "missing label": 1, "not UTF-8": 1, "not JSON": 1,
+    }
+    assert metrics["n_train"] + metrics["n_val"] == len(good)
+
+
+def test_a_file_without_valid_rows_is_a_clear_cli_error(tmp_path):
+    (tmp_path / "train.jsonl").write_bytes(b'{"text": "", "label": 1}\n\xff\xfe\n')
+    result = subprocess.run([sys.executable, "-m", "sam.cli", "train", "--data", str(tmp_path / "train.jsonl")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "train.jsonl: no valid rows" in result.stderr and "train.jsonl:2 not UTF-8" in result.stderr
+
+
+def _break(directory: Path, how: str) -> None:
+    if how == "missing weights":
+        (directory / "model.safetensors").unlink()
+    elif how == "corrupt weights":
+        (directory / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    else:
+        config = json.loads((directory / "config.json").read_text())
+        config["id2label"] = {"0": "bad", "1": "good"}
+        config["label2id"] = {"bad": 0, "good": 1}
+        (directory / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("how", ["missing weights", "corrupt weights", "wrong label count"])
+def test_broken_model_directory_is_refused_in_one_line(tiny_model_dir, tmp_path, how):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    _break(broken, how)
+    with pytest.raises(ModelDirError):
+        Predictor(broken)
+    result = subprocess.run([sys.executable, "-m", "sam.cli", "evaluate", "--model", str(broken), "--data", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and str(broken) in result.stderr
+
+
+def test_weights_are_never_unpickled():
+    """safetensors only; any torch.load must refuse pickled code."""
+    for path in [*ROOT.glob("sam/*.py"), *ROOT.glob("bench/*.py"), ROOT / "serve_app.py"]:
+        source = path.read_text()
+        assert "import pickle" not in source, path
+        for call in re.findall(r"torch\.load\([^)]*\)", source):
+            assert "weights_only=True" in call, (path, call)
