@@ -14,10 +14,11 @@ log = logging.getLogger("sam")
 
 
 def _init_ray() -> None:
-    """Joins the cluster named by RAY_ADDRESS, or starts a local one."""
+    """Joins the cluster named by RAY_ADDRESS, or starts a local one (unless this process already has Ray)."""
     import ray
 
-    ray.init(log_to_driver=True)
+    if not ray.is_initialized():
+        ray.init()
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -121,6 +121,9 @@ def _fault_plan() -> dict:
 def _maybe_inject_fault(plan: dict, step: int, rank: int, world_size: int, restored: bool) -> None:
     fault_rank = plan["rank"] if plan["rank"] >= 0 else world_size - 1
     if plan["at_step"] and step == plan["at_step"] and rank == fault_rank and not restored:
+        # Like a real crash after the last report has landed: without this wait the controller can see the
+        # death before it registers that checkpoint, and restart from scratch.
+        ray.train.get_all_reported_checkpoints()
         log.warning("fault injection: worker %d exits at step %d", rank, step)
         os._exit(1)
 

@@ -215,7 +215,9 @@ def summarize(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
             "curve": [[int(h["epoch"]), h["val_accuracy"]] for h in history],
         }
         if history:
-            best = (max if MODE == "max" else min)(history, key=lambda h: h[METRIC])
+            # On a tie Ray keeps the later checkpoint, so the later epoch wins here too.
+            sign = 1 if MODE == "max" else -1
+            best = max(history, key=lambda h: (sign * h[METRIC], h["epoch"]))
             last = history[-1]
             epochs = int(max(h["epoch"] for h in history))
             stopped_by = None
