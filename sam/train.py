@@ -152,6 +152,8 @@ def train_func(loop_config: dict) -> None:
         progress["restored_from_epoch"] = progress["epoch"]
     else:
         model = _initial_model(config, tokenizer)
+    if rank == 0:  # the learner summary, printed where the model is built rather than building a spare one
+        print(summary(model), flush=True)
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, config.train)
     scheduler = make_scheduler(optimizer, config.train, total_steps)
@@ -272,7 +274,6 @@ def train(config: Config, output: str | Path, storage: str | None = None, name: 
     """`sam train`: data, trainer, fit, export of the best epoch. Returns the exported metrics."""
     started = time.perf_counter()
     data = prepare_data(config)
-    log.info("%s", summary(_initial_model(config, data.tokenizer)))
     per_epoch = steps_per_epoch(config, data.n_train)
     log.info(
         "schedule: %d steps/epoch, warm-up %d steps to peak lr %.2e, then %s over %d steps",
