@@ -68,7 +68,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
     _init_ray()
     frame, _ = load_frame(args.data, "train")
-    tokenizer = train_wordpiece(frame["text"].tolist(), args.vocab_size, lowercase=args.lowercase)
+    model = config_from_args(args).model
+    tokenizer = train_wordpiece(frame["text"].tolist(), model.vocab_size, lowercase=model.lowercase)
     tokenizer.save_pretrained(args.output)
     print(f"{len(tokenizer)}-word WordPiece tokenizer from {len(frame)} texts written to {args.output}")
     return 0
@@ -102,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="action", required=True)
     tokenizer_train = tokenizer.add_parser("train", help="train a WordPiece tokenizer on the train texts")
     tokenizer_train.add_argument("--data", required=True, help="as for sam train --data")
-    tokenizer_train.add_argument("--vocab-size", type=int, default=8000)
-    tokenizer_train.add_argument("--lowercase", action="store_true")
+    add_config_arguments(tokenizer_train, sections=("model",), only=("vocab_size", "lowercase"))
     tokenizer_train.add_argument("--output", required=True, help="directory for the HF tokenizer files")
     tokenizer_train.set_defaults(run=cmd_tokenizer_train)
     return parser

@@ -27,17 +27,17 @@ class ModelConfig:
     dropout: float = _knob(0.1, "dropout on embeddings, attention and feed-forward")
     max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)")
     norm_first: bool = _knob(False, "pre-layer-norm encoder (RoBERTa-PreLN, the design card's); default BERT's post-norm, which measured better here")
-    vocab_size: int = _knob(8000, "vocabulary of a corpus-trained WordPiece tokenizer")
+    vocab_size: int = _knob(4000, "vocabulary of a corpus-trained WordPiece tokenizer")
     lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer (tweets' casing is noise)")
 
 
 @dataclass
 class TrainConfig:
-    lr: float = _knob(3e-4, "peak learning rate, reached at the end of warm-up")
+    lr: float = _knob(5e-4, "peak learning rate, reached at the end of warm-up")
     warmup_steps: int = _knob(300, "optimizer steps of linear warm-up")
     schedule: str = _knob("linear", "after warm-up: linear | cosine | inverse_sqrt (Noam) | constant")
     weight_decay: float = _knob(0.01, "AdamW weight decay (not applied to norms and biases)")
-    batch_size: int = _knob(32, "examples per worker per step")
+    batch_size: int = _knob(64, "examples per worker per step")
     bucket_batches: int = _knob(8, "batches whose rows are sorted by length together, to pad less (1 = random batches)")
     epochs: int = _knob(3, "maximum epochs; the schedule decays over this budget")
     patience: int = _knob(2, "epochs without a better validation loss before stopping")
@@ -116,14 +116,18 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = ("model", "train", "data", "scale")) -> None:
-    """One `--knob-name` option per config field, defaults and help taken from the dataclasses."""
+def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = ("model", "train", "data", "scale"),
+                         only: Optional[tuple[str, ...]] = None) -> None:
+    """One `--knob-name` option per config field (or per field named in `only`), defaults and help taken from
+    the dataclasses."""
     defaults = Config()
     for section_name in sections:
         section = getattr(defaults, section_name)
         group = parser.add_argument_group(section_name)
         hints = get_type_hints(type(section))
         for knob in fields(section):
+            if only is not None and knob.name not in only:
+                continue
             kind = hints[knob.name]
             if kind is bool:
                 parse = _parse_bool
