@@ -152,8 +152,9 @@ def train_func(loop_config: dict) -> None:
         progress["restored_from_epoch"] = progress["epoch"]
     else:
         model = _initial_model(config, tokenizer)
-    if rank == 0:  # the learner summary, printed where the model is built rather than building a spare one
-        print(summary(model), flush=True)
+    if rank == 0:  # the learner summary, logged where the model is built rather than building a spare one
+        # Logged, not printed: Ray Train both tees and logs a worker's print, so the driver shows it twice.
+        log.info("%s", summary(model))
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, config.train)
     scheduler = make_scheduler(optimizer, config.train, total_steps)
@@ -174,7 +175,14 @@ def train_func(loop_config: dict) -> None:
             local_shuffle_buffer_size=2 * window, local_shuffle_seed=config.train.seed + epoch,
         )
         rng = np.random.default_rng(config.train.seed + epoch)
-        for batch in (b for w in windows for b in length_bucketed(w, config.train.batch_size, tokenizer.pad_token_id, rng)):
+        batches = (b for w in windows for b in length_bucketed(w, config.train.batch_size, tokenizer.pad_token_id, rng))
+        data_wait = 0.0  # seconds the step loop sat waiting for Ray Data: input-bound when this is large
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            data_wait += time.perf_counter() - waited
+            if batch is None:
+                break
             batch = to_device(batch, device)
             progress["step"] += 1
             _maybe_inject_fault(loop_config["fault"], progress["step"], rank, world_size, bool(checkpoint))
@@ -182,8 +190,8 @@ def train_func(loop_config: dict) -> None:
             samples += len(batch["labels"])
             progress["peak_lr"] = max(progress["peak_lr"], scheduler.get_last_lr()[0])
             if rank == 0 and progress["step"] % log_every == 0:
-                print(f"epoch {epoch + 1} step {progress['step']}: loss {loss_sum / samples:.4f}, "
-                      f"lr {scheduler.get_last_lr()[0]:.2e}, {samples / (time.perf_counter() - started):.0f} samples/s", flush=True)
+                log.info("epoch %d step %d: loss %.4f, lr %.2e, %.0f samples/s", epoch + 1, progress["step"],
+                         loss_sum / samples, scheduler.get_last_lr()[0], samples / (time.perf_counter() - started))
         train_seconds = time.perf_counter() - started
 
         predictions = Predictions()
@@ -205,6 +213,7 @@ def train_func(loop_config: dict) -> None:
             "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
             "lr": scheduler.get_last_lr()[0], "peak_lr": progress["peak_lr"],
             "samples_per_s": samples * world_size / train_seconds, "epoch_s": train_seconds,
+            "data_wait_s": data_wait,
             "best_epoch": progress["best_epoch"], "restored_from_epoch": progress["restored_from_epoch"],
             "stopping": progress["bad_epochs"] >= config.train.patience or epoch + 1 == config.train.epochs,
         }
