@@ -195,6 +195,9 @@ def split_frame(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
+TOKENIZE_TASKS = 2
+
+
 def tokenize_batch(batch: pd.DataFrame, tokenizer, max_length: int) -> dict:
     ids = encode(tokenizer, batch["text"].tolist(), max_length)
     column = np.empty(len(ids), dtype=object)
@@ -203,8 +206,13 @@ def tokenize_batch(batch: pd.DataFrame, tokenizer, max_length: int) -> dict:
 
 
 def to_token_dataset(frame: pd.DataFrame, tokenizer, max_length: int, rows_per_block: int = 2048) -> ray.data.Dataset:
-    """A lazily tokenized Ray Dataset: tokenization streams in parallel tasks as training consumes it."""
+    """A lazily tokenized Ray Dataset: tokenization streams in parallel tasks as training consumes it.
+
+    The tasks reserve no CPU: tokenizing is a few percent of a training step's work, and a task waiting for a
+    free CPU hangs the run forever once the training workers hold them all (2 workers on a 2-CPU machine, or
+    trials resumed side by side). At most `TOKENIZE_TASKS` run at once, so they cannot swamp the workers."""
     chunks = [frame.iloc[start : start + rows_per_block] for start in range(0, len(frame), rows_per_block)]
     return ray.data.from_pandas(chunks).map_batches(
-        tokenize_batch, batch_format="pandas", fn_kwargs={"tokenizer": tokenizer, "max_length": max_length}
+        tokenize_batch, batch_format="pandas", fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+        num_cpus=0, concurrency=TOKENIZE_TASKS,
     )

@@ -115,8 +115,8 @@ def experiment_path(storage: str, name: str) -> str:
 
 
 def max_concurrent_trials(config: Config) -> int:
-    """As many trials as the free CPUs (and GPUs) allow, keeping one CPU free for Ray Data's tokenizing tasks;
-    a trial beyond that would only start a Train run that waits for workers."""
+    """As many trials as the free CPUs (and GPUs) allow, keeping one CPU free for Ray Data (a starting trial
+    reads its data in CPU tasks); a trial beyond that would only start a Train run that waits for workers."""
     free = ray.available_resources()
     per_trial = config.scale.num_workers * config.scale.cpus_per_worker
     fit = max(1, int((free.get("CPU", 0) - 1) // per_trial))
