@@ -17,9 +17,7 @@ import json
 import random
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -84,17 +82,14 @@ def train_run(precision: str, texts, labels, tokenizer, model_config, train_conf
     loss_fn = learner.make_loss(train_config, learner.class_weights(rows["labels"]), device)
     warmup = min(10, steps // 4)
     losses, samples, started = [], 0, None
-    # learner.autocast is what makes the step bf16 on CUDA; the fp32 baseline swaps it for a no-op so that
-    # both precisions run the very same train_step.
-    fp32 = mock.patch.object(learner, "autocast", lambda _device: nullcontext()) if precision == "fp32" else nullcontext()
-    with fp32:
-        for step in range(steps):
-            if step == warmup:
-                sync(device)
-                started, samples = time.perf_counter(), 0
-            batch = learner.to_device(batches[step % len(batches)], device)
-            losses.append(learner.train_step(model, batch, loss_fn, optimizer, scheduler, train_config.grad_clip))
-            samples += len(batch["labels"])
+    for step in range(steps):
+        if step == warmup:
+            sync(device)
+            started, samples = time.perf_counter(), 0
+        batch = learner.to_device(batches[step % len(batches)], device)
+        losses.append(learner.train_step(model, batch, loss_fn, optimizer, scheduler, train_config.grad_clip,
+                                         bf16=precision == "bf16"))
+        samples += len(batch["labels"])
     sync(device)
     return {"samples_per_s": samples / (time.perf_counter() - started), "steps": steps, "model": model, "losses": losses}
 

@@ -43,9 +43,9 @@ def make_loss(config: TrainConfig, weights: list[float] | None, device: torch.de
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; CPU stays fp32 (bf16 matmuls are slower than fp32 on most CPUs)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def autocast(device: torch.device, bf16: bool = True):
+    """bf16 autocast on GPU unless turned off; CPU stays fp32 (bf16 matmuls are slower than fp32 on most CPUs)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext()
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -55,11 +55,11 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {name: tensor.pin_memory().to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
-def train_step(model, batch: dict, loss_fn, optimizer, scheduler, grad_clip: float) -> float:
+def train_step(model, batch: dict, loss_fn, optimizer, scheduler, grad_clip: float, bf16: bool = True) -> float:
     """One optimiser step on one padded batch; returns the batch loss."""
     model.train()
     device = batch["input_ids"].device
-    with autocast(device):
+    with autocast(device, bf16):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = loss_fn(logits.float(), batch["labels"])
     optimizer.zero_grad(set_to_none=True)
@@ -103,8 +103,8 @@ class Predictions:
 
 
 @torch.inference_mode()
-def eval_step(model, batch: dict, predictions: Predictions) -> None:
+def eval_step(model, batch: dict, predictions: Predictions, bf16: bool = True) -> None:
     model.eval()
-    with autocast(batch["input_ids"].device):
+    with autocast(batch["input_ids"].device, bf16):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     predictions.add(logits, batch["labels"])

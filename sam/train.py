@@ -186,7 +186,7 @@ def train_func(loop_config: dict) -> None:
             batch = to_device(batch, device)
             progress["step"] += 1
             _maybe_inject_fault(loop_config["fault"], progress["step"], rank, world_size, bool(checkpoint))
-            loss_sum += train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip) * len(batch["labels"])
+            loss_sum += train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip, config.scale.bf16) * len(batch["labels"])
             samples += len(batch["labels"])
             progress["peak_lr"] = max(progress["peak_lr"], scheduler.get_last_lr()[0])
             if rank == 0 and progress["step"] % log_every == 0:
@@ -196,7 +196,7 @@ def train_func(loop_config: dict) -> None:
 
         predictions = Predictions()
         for batch in val_shard.iter_torch_batches(batch_size=256, collate_fn=to_tensors):
-            eval_step(unwrapped, to_device(batch, device), predictions)
+            eval_step(unwrapped, to_device(batch, device), predictions, config.scale.bf16)
         if world_size > 1:
             parts = [None] * world_size
             torch.distributed.all_gather_object(parts, predictions)
