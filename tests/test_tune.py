@@ -108,13 +108,14 @@ def _finished_trials(experiment: Path) -> dict[str, int]:
     return finished
 
 
-def test_interrupted_search_resumes_without_rerunning_finished_trials(many_tweets, tmp_path):
+@pytest.mark.reliability
+def test_killed_search_resumes_without_rerunning_finished_trials(many_tweets, tmp_path):
     storage, export = tmp_path / "storage", tmp_path / "best"
     command = [sys.executable, str(ROOT / "tune" / "search.py"), "--storage", str(storage), "--name", "resumable",
                "--export", str(export)]
     # Its own local Ray (with the dashboard, which Train's placement-group cleaner needs), started from an
-    # environment without the RAY_* variables this session's in-process Ray set (RAY_AUTH_MODE among them);
-    # Tune saves its state every second so the test sees a finished trial before the search ends.
+    # environment without the RAY_* variables this session's in-process Ray set; Tune saves its state every
+    # second so the test sees a finished trial before the search ends.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONBREAKPOINT"}
     env |= {"HF_HUB_OFFLINE": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     first = subprocess.Popen(
@@ -127,12 +128,12 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(many_tweet
         while not (finished := _finished_trials(storage / "resumable")) and first.poll() is None:
             assert time.monotonic() < deadline, "no trial finished in time"
             time.sleep(1)
-        first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-        _, stderr = first.communicate(timeout=120)
+        first.kill()  # SIGKILL: no chance to save anything; the resume has only what Tune saved as it went
+        first.communicate(timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode == 130, stderr[-3000:]
+    assert first.returncode == -signal.SIGKILL
     assert not export.exists()  # an interrupted search exports nothing
     finished = _finished_trials(storage / "resumable")  # what the saved state says was done when it stopped
 
