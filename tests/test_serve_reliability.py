@@ -329,9 +329,10 @@ def test_replica_killed_under_load_is_replaced_and_requests_recover(url):
     replicas = live_replicas()
     assert len(replicas) == REPLICAS and replica_states() == {"RUNNING": REPLICAS}
     victim = sorted(replicas)[0]
-    # (sent, succeeded) per request: classed by when it was sent, since one sent to the victim just before
-    # the kill can fail after the replacement is up, and that failure belongs to the recovery window.
-    results: list[tuple[float, bool]] = []
+    # (sent, answered, succeeded) per request. "Before" is answered before the kill and "after" sent after
+    # recovery: a request in flight on the victim when it dies fails in the recovery window, whenever it
+    # was sent or its failure arrives.
+    results: list[tuple[float, float, bool]] = []
     stop = threading.Event()
     deadline = time.monotonic() + 180  # the load stops by itself even if the test body fails
 
@@ -344,7 +345,7 @@ def test_replica_killed_under_load_is_replaced_and_requests_recover(url):
                 ok = predict(url, {"text": TEXTS[i % len(TEXTS)]}, session=session).status_code == 200
             except requests.RequestException:
                 ok = False
-            results.append((sent, ok))
+            results.append((sent, time.monotonic(), ok))
             i += 8
 
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(8)]
@@ -366,9 +367,9 @@ def test_replica_killed_under_load_is_replaced_and_requests_recover(url):
         for thread in threads:
             thread.join(timeout=TIMEOUT + 5)
 
-    before = [ok for t, ok in results if t < killed_at]
-    during = [ok for t, ok in results if killed_at <= t < recovered_at]
-    after = [ok for t, ok in results if t >= recovered_at]
+    before = [ok for _, answered, ok in results if answered < killed_at]
+    after = [ok for sent, _, ok in results if sent >= recovered_at]
+    during = [ok for sent, answered, ok in results if answered >= killed_at and sent < recovered_at]
     print(f"replica kill: {len(before)} requests before ({before.count(False)} failed), {len(during)} during "
           f"{recovered_at - killed_at:.1f} s of recovery ({during.count(False)} failed), {len(after)} after "
           f"({after.count(False)} failed)")
