@@ -263,11 +263,13 @@ def export_model(checkpoint: ray.train.Checkpoint, output: str | Path, extra_met
     history comes from `latest` when given, since the best epoch's own record stops at that epoch."""
     output = Path(output)
     with checkpoint.as_directory() as directory:
-        exported = json.loads(Path(directory, PROGRESS_FILE).read_text())["epoch"]
+        progress = json.loads(Path(directory, PROGRESS_FILE).read_text())
         if output.exists():
             shutil.rmtree(output)
         shutil.copytree(directory, output, ignore=shutil.ignore_patterns(PROGRESS_FILE, OPTIMIZER_FILE))
-    progress = _progress(latest or checkpoint)
+    exported = progress["epoch"]
+    if latest is not None:
+        progress = _progress(latest)
     best = progress["history"][exported - 1]
     metrics = {
         "val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"], "val_loss": best["val_loss"],

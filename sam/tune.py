@@ -24,6 +24,7 @@ from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, export_mode
 log = logging.getLogger("sam")
 
 METRIC, MODE = SELECT_METRIC, SELECT_MODE  # what the foundation keeps and exports checkpoints by
+_BETTER = 1 if MODE == "max" else -1  # METRIC times this grows as trials get better
 SPEC_FILE = "sam_search.json"  # in the experiment directory: what `--resume` and the report need
 RESULTS_FILE, CURVES_FILE = "search_results.json", "learning_curves.png"
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
@@ -216,8 +217,7 @@ def summarize(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
         }
         if history:
             # On a tie Ray keeps the later checkpoint, so the later epoch wins here too.
-            sign = 1 if MODE == "max" else -1
-            best = max(history, key=lambda h: (sign * h[METRIC], h["epoch"]))
+            best = max(history, key=lambda h: (_BETTER * h[METRIC], h["epoch"]))
             last = history[-1]
             epochs = int(max(h["epoch"] for h in history))
             stopped_by = None
@@ -230,8 +230,7 @@ def summarize(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
                 checkpoint_path=best.get(CHECKPOINT_PATH_KEY), latest_checkpoint_path=last.get(CHECKPOINT_PATH_KEY),
             )
         rows.append(row)
-    sign = -1 if MODE == "max" else 1
-    return sorted(rows, key=lambda r: math.inf if r[METRIC] is None else sign * r[METRIC])
+    return sorted(rows, key=lambda r: math.inf if r[METRIC] is None else -_BETTER * r[METRIC])
 
 
 def format_leaderboard(rows: list[dict]) -> str:
