@@ -4,6 +4,7 @@ Serve, through the same `encode` path as training. Imports no Ray."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +38,14 @@ def check_model_dir(directory: str | Path) -> None:
         raise ModelDirError(f"{path}: model has {config.num_labels} labels, expected {len(LABELS)} ({', '.join(LABELS)})")
 
 
+def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 Linear layers for CPU inference. torch 2.13 deprecates eager-mode quantization in favour of
+    torchao but still runs it; its warnings would otherwise repeat in every replica's log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class Predictor:
     def __init__(self, directory: str | Path, device: str = "cpu", quantize: bool = False):
         check_model_dir(directory)
@@ -48,7 +57,8 @@ class Predictor:
         except Exception as error:  # corrupt weights or tokenizer files come in many exception types
             raise ModelDirError(f"{directory}: cannot load model ({type(error).__name__}: {error})") from error
         if quantize:
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            model = quantize_linear_layers(model)
+        self.quantized = quantize
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 

@@ -74,7 +74,10 @@ class ServeArgs(BaseModel):
     autoscaling_config: Optional[dict] = None  # replaces num_replicas when given (a dict, or JSON on the CLI)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    quantize: bool = False  # dynamic int8 Linear layers (CPU only)
+    # Dynamic int8 Linear layers (CPU only): twice the throughput at the same validation accuracy (README), but
+    # activations are scaled per batch, so a text's scores move slightly with its batch neighbours. Off keeps
+    # every answer exactly what the text gets alone.
+    quantize: bool = False
 
     @field_validator("autoscaling_config", mode="before")
     @classmethod
@@ -195,6 +198,7 @@ class SentimentDeployment:
             "config": self.predictor.config.to_dict(),
             "metrics": metrics,
             "device": str(self.predictor.device),
+            "quantized": self.predictor.quantized,
             "batching": {**self.batching, "recent_batch_sizes": list(self.recent_batch_sizes)},
         }
 

@@ -125,6 +125,7 @@ def test_info_routes(url, tiny_model_dir):
     assert info["model_dir"] == str(tiny_model_dir.resolve())
     assert info["config"]["model"]["num_layers"] == 1
     assert "val_accuracy" in info["metrics"]
+    assert info["quantized"] is False  # exact answers unless a deployment asks for int8
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
     assert "/predict" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
 
