@@ -213,8 +213,10 @@ def main() -> None:
     parts = set(args.only.split(","))
     modes = {k: os.environ[k] for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED") if k in os.environ}
     print(f"{len(texts)} texts, {os.cpu_count()} CPUs, model {args.model}, serve env {modes or 'default'}", flush=True)
-    rows = (serve_rows(args, texts) if "serve" in parts else []) + (plain_rows(args, texts) if "plain" in parts else [])
+    # Ray-free parts first: processes of a Ray instance that has just shut down would still take CPU from them.
+    plain = plain_rows(args, texts) if "plain" in parts else []
     raw = raw_model(args.model, texts, max(1, int(args.num_cpus)), args.quantize) if "raw" in parts else None
+    rows = (serve_rows(args, texts) if "serve" in parts else []) + plain
 
     print(f"\n{'server':<16} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for row in rows:
