@@ -100,6 +100,12 @@ class Config:
             values[owners[name]][name] = value
         return Config.from_dict(values)
 
+    def with_absolute_paths(self) -> "Config":
+        """A copy whose local paths (data, tokenizer, init) are absolute, for code that runs elsewhere: Tune runs
+        each trial in a working directory of its own. Hub names, which are no local path, stay as they are."""
+        given = {"data": self.data.data, "tokenizer": self.data.tokenizer, "init": self.data.init}
+        return self.with_flat(**{knob: str(Path(value).resolve()) for knob, value in given.items() if value and Path(value).exists()})
+
     def save(self, directory: str | Path) -> None:
         Path(directory, CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -161,6 +161,7 @@ def run_search(
 ) -> tuple[tune.ResultGrid, SearchSpec]:
     """A new search of `space` (default: `search_space`, minus the `fixed` knobs) around `base`."""
     experiment = experiment_path(storage, name)
+    base = base.with_absolute_paths()
     if space is None:
         space = {k: v for k, v in search_space(bool(base.data.init)).items() if k not in fixed}
     max_concurrent = max_concurrent or max_concurrent_trials(base)

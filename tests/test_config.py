@@ -27,3 +27,11 @@ def test_cli_options_come_from_the_dataclasses():
     assert (config.train.lr, config.model.num_layers, config.model.norm_first, config.data.limit_train) == (2e-4, 6, False, 100)
     assert config_from_args(parser.parse_args([])) == Config()
     assert config_from_args(parser.parse_args(["--use-gpu"])).scale.use_gpu is True
+
+
+def test_local_paths_become_absolute_and_hub_names_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tweets").mkdir()
+    config = Config().with_flat(data="tweets", tokenizer="bert-base-cased").with_absolute_paths()
+    assert config.data.data == str(tmp_path / "tweets")
+    assert config.data.tokenizer == "bert-base-cased" and config.data.init is None

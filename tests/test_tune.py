@@ -56,14 +56,16 @@ def remove_new_placement_groups(ray_session):
             remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
 
 
-def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_groups, many_tweets, tmp_path):
+def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_groups, many_tweets, tmp_path, monkeypatch):
     from ray import tune
     from transformers import AutoModelForSequenceClassification
 
     from sam.predict import Predictor
     from sam.tune import export_best, is_complete, run_search, summarize
 
-    base = tiny_config(many_tweets).with_flat(epochs=3, patience=10)
+    # The data given relative to the caller's directory, as users type it: trials run in directories of their own.
+    monkeypatch.chdir(many_tweets.parent)
+    base = tiny_config(Path(many_tweets.name)).with_flat(epochs=3, patience=10)
     # One good lr first, then two useless ones, one trial at a time: the first trial sets ASHA's bar at epoch 1
     # and the others fall below it, whatever the timing (grace 1, reduction factor 2, max 3 epochs).
     results, spec = run_search(base, str(tmp_path / "storage"), "tiny", num_samples=1, grace_period=1,
