@@ -12,6 +12,8 @@ from sam.config import add_config_arguments, config_from_args
 
 log = logging.getLogger("sam")
 
+VALIDATION = "validation"  # not a split on disk: the one carved from train when the model was trained
+
 
 def _init_ray() -> None:
     """Joins the cluster named by RAY_ADDRESS, or starts a local one (unless this process already has Ray)."""
@@ -35,11 +37,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sam.evaluate import evaluate, format_table, plot_confusion
     from sam.predict import Predictor
 
-    predictor = Predictor(args.model)  # checks the directory before Ray starts
-    from sam.data import load_frame
+    predictor = Predictor(args.model, quantize=args.quantize)  # checks the directory before Ray starts
+    from sam.data import load_frame, train_and_validation
 
     _init_ray()
-    frame, report = load_frame(args.data, args.split)
+    if args.split == VALIDATION:
+        saved = predictor.config
+        _, frame, report = train_and_validation(args.data, saved.data.val_fraction, saved.train.seed, saved.data.limit_train)
+    else:
+        frame, report = load_frame(args.data, args.split)
     results = evaluate(predictor, frame["text"].tolist(), frame["label"].to_numpy())
     results["dropped_rows"] = dict(report.dropped)
     print(format_table(results))
@@ -90,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="accuracy, macro-F1, per-class report and confusion matrix")
     evaluate.add_argument("--model", required=True, help="model directory")
     evaluate.add_argument("--data", required=True, help="file, directory holding <split>.jsonl/.parquet/.csv, or hub name")
-    evaluate.add_argument("--split", default="test", help="split to read from a directory or the hub (default: test)")
+    evaluate.add_argument("--split", default="test",
+                          help=f"split to read from a directory or the hub (default: test); '{VALIDATION}' re-carves "
+                               "the model's own validation rows from the train split, with its saved fraction and seed")
+    evaluate.add_argument("--quantize", action="store_true", help="evaluate the dynamic int8 model that Serve's quantize=true serves")
     evaluate.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
     evaluate.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix as a picture")
     evaluate.set_defaults(run=cmd_evaluate)

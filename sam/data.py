@@ -195,6 +195,14 @@ def split_frame(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
+def train_and_validation(source: str, val_fraction: float, seed: int, limit: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, LoadReport]:
+    """The train split's valid rows, split as training splits them: from a model's saved settings, `sam evaluate
+    --split validation` carves the very rows that model was validated on."""
+    frame, report = load_frame(source, "train", limit)
+    train, val = split_frame(frame, val_fraction, seed)
+    return train, val, report
+
+
 TOKENIZE_TASKS = 2
 
 

@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 from transformers import AutoModelForSequenceClassification
 
 from sam.config import Config
-from sam.data import LoadReport, load_frame, split_frame, to_token_dataset
+from sam.data import LoadReport, to_token_dataset, train_and_validation
 from sam.encoding import collate, length_bucketed, load_tokenizer, resolve_tokenizer
 from sam.learner import (
     Predictions, class_weights, eval_step, make_loss, make_optimizer, make_scheduler, to_device, train_step,
@@ -58,8 +58,7 @@ class PreparedData:
 
 def split_and_tokenizer(config: Config) -> tuple[pd.DataFrame, pd.DataFrame, object, LoadReport]:
     """Validated rows split into shuffled train and validation frames, and the tokenizer for them."""
-    frame, report = load_frame(config.data.data, "train", config.data.limit_train)
-    train, val = split_frame(frame, config.data.val_fraction, config.train.seed)
+    train, val, report = train_and_validation(config.data.data, config.data.val_fraction, config.train.seed, config.data.limit_train)
     if config.data.init:
         tokenizer = load_tokenizer(config.data.init)
     else:

@@ -23,6 +23,17 @@ def test_evaluate_prints_a_table_json_and_a_plot(ray_session, tiny_model_dir, tw
     assert plot.stat().st_size > 0
 
 
+def test_evaluate_on_the_models_own_validation_rows(ray_session, tiny_model_dir, tweets_dir, capsys):
+    trained = json.loads((tiny_model_dir / "metrics.json").read_text())
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(tweets_dir), "--split", "validation", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results["n"] == trained["n_val"]
+    # The same rows as training validated on; only a near-tie could flip, as batches differ.
+    assert abs(results["accuracy"] - trained["val_accuracy"]) <= 1 / results["n"]
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(tweets_dir), "--split", "validation", "--quantize", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == trained["n_val"]
+
+
 def test_predict_prints_one_json_line_per_text(tiny_model_dir, capsys):
     assert main(["predict", "--model", str(tiny_model_dir), "I love it", "   ", "so sad"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
