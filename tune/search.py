@@ -25,7 +25,7 @@ KNOBS = {name for section in Config().to_dict().values() for name in section}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     search = parser.add_argument_group("search")
-    # Defaults fit one 2-core machine in about an hour on the full data (see README).
+    # Defaults fit one 2-core machine in under an hour on the full data (44 minutes measured, see README).
     search.add_argument("--num-samples", type=int, default=8, help="trials to sample (default: 8)")
     search.add_argument("--max-epochs", dest="epochs", type=int, default=argparse.SUPPRESS,
                         help="epochs of the longest trial: ASHA's max_t and the schedule's budget (default: 4)")
