@@ -174,8 +174,9 @@ class SentimentDeployment:
         predictions = await asyncio.to_thread(self.predictor.predict, texts)
         self.recent_batch_sizes.append(len(texts))
         self.batch_sizes.observe(len(texts))
-        for prediction in predictions:
-            self.predictions.inc(tags={"label": prediction["sentiment"]})
+        labels = [prediction["sentiment"] for prediction in predictions]
+        for label in set(labels):  # per label and batch, not per text: metric updates took 3 % of a loaded replica
+            self.predictions.inc(labels.count(label), tags={"label": label})
         return predictions
 
     @api.post("/predict")
