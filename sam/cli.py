@@ -41,9 +41,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sam.data import load_frame, train_and_validation
 
     _init_ray()
-    if args.split == VALIDATION:
-        saved = predictor.config
-        _, frame, report = train_and_validation(args.data, saved.data.val_fraction, saved.train.seed, saved.data.limit_train)
+    if args.split == VALIDATION:  # the model's own split settings, over the data given here
+        _, frame, report = train_and_validation(predictor.config.with_flat(data=args.data))
     else:
         frame, report = load_frame(args.data, args.split)
     results = evaluate(predictor, frame["text"].tolist(), frame["label"].to_numpy())

@@ -15,6 +15,7 @@ import ray.data
 from sklearn.model_selection import train_test_split
 
 from sam import LABELS
+from sam.config import Config
 from sam.encoding import MAX_TEXT_CHARS, encode
 
 log = logging.getLogger("sam")
@@ -195,11 +196,11 @@ def split_frame(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-def train_and_validation(source: str, val_fraction: float, seed: int, limit: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, LoadReport]:
-    """The train split's valid rows, split as training splits them: from a model's saved settings, `sam evaluate
-    --split validation` carves the very rows that model was validated on."""
-    frame, report = load_frame(source, "train", limit)
-    train, val = split_frame(frame, val_fraction, seed)
+def train_and_validation(config: Config) -> tuple[pd.DataFrame, pd.DataFrame, LoadReport]:
+    """The train split's valid rows, split by the config's source, row limit, fraction and seed: given a model's
+    saved config, `sam evaluate --split validation` carves the very rows that model was validated on."""
+    frame, report = load_frame(config.data.data, "train", config.data.limit_train)
+    train, val = split_frame(frame, config.data.val_fraction, config.train.seed)
     return train, val, report
 
 

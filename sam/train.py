@@ -58,7 +58,7 @@ class PreparedData:
 
 def split_and_tokenizer(config: Config) -> tuple[pd.DataFrame, pd.DataFrame, object, LoadReport]:
     """Validated rows split into shuffled train and validation frames, and the tokenizer for them."""
-    train, val, report = train_and_validation(config.data.data, config.data.val_fraction, config.train.seed, config.data.limit_train)
+    train, val, report = train_and_validation(config)
     if config.data.init:
         tokenizer = load_tokenizer(config.data.init)
     else:
