@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
 CONFIG_FILE = "sam_config.json"
+POOLINGS = ("cls", "mean")
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -26,9 +27,19 @@ class ModelConfig:
     d_ff: int = _knob(1024, "feed-forward size")
     dropout: float = _knob(0.1, "dropout on embeddings, attention and feed-forward")
     max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)")
-    norm_first: bool = _knob(False, "pre-layer-norm encoder (RoBERTa-PreLN, the design card's); default BERT's post-norm, which measured better here")
+    norm_first: bool = _knob(False, "pre-layer-norm encoder (ModernBERT, the design card's); default BERT's post-norm, which measured better here")
+    pooling: str = _knob("cls", "text vector for the head: cls (the [CLS] token) | mean (of all tokens; needs norm_first)")
     vocab_size: int = _knob(4000, "vocabulary of a corpus-trained WordPiece tokenizer")
     lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer (tweets' casing is noise)")
+
+    def __post_init__(self) -> None:
+        """Refused here, where the CLI, a saved directory or a Tune trial builds the config, not deep in a worker."""
+        if self.d_model % self.num_heads:
+            raise ValueError(f"num_heads {self.num_heads} must divide d_model {self.d_model}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling != "cls" and not self.norm_first:
+            raise ValueError(f"pooling {self.pooling} needs norm_first: BERT's classifier pools the [CLS] token only")
 
 
 @dataclass

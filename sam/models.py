@@ -14,8 +14,8 @@ from transformers import (
     BertForSequenceClassification,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    RobertaPreLayerNormConfig,
-    RobertaPreLayerNormForSequenceClassification,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
 )
 
 from sam import LABELS
@@ -25,27 +25,33 @@ LABEL_MAPS = {"id2label": dict(enumerate(LABELS)), "label2id": {name: i for i, n
 
 
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A fresh encoder: pre-layer-norm (RoBERTa-PreLN) when `norm_first`, else BERT's post-norm."""
-    if config.d_model % config.num_heads:
-        raise ValueError(f"num_heads {config.num_heads} must divide d_model {config.d_model}")
+    """A fresh encoder: BERT's post-norm, or ModernBERT's pre-norm when `norm_first` (the one of the two whose
+    `transformers` class also pools by mean)."""
     shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=config.d_model,
         num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_heads,
-        intermediate_size=config.d_ff,
-        hidden_dropout_prob=config.dropout,
-        attention_probs_dropout_prob=config.dropout,
+        max_position_embeddings=config.max_length,
         pad_token_id=tokenizer.pad_token_id,
-        type_vocab_size=1,
         num_labels=len(LABELS),
         **LABEL_MAPS,
     )
     if config.norm_first:
-        # RoBERTa numbers positions from pad_token_id + 1, so it needs that many extra slots.
-        hf_config = RobertaPreLayerNormConfig(max_position_embeddings=config.max_length + tokenizer.pad_token_id + 1, **shape)
-        return RobertaPreLayerNormForSequenceClassification(hf_config)
-    return BertForSequenceClassification(BertConfig(max_position_embeddings=config.max_length, **shape))
+        specials = dict(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+        return ModernBertForSequenceClassification(ModernBertConfig(
+            # GeGLU has two input projections: 2/3 of d_ff keeps a d_ff-wide feed-forward's parameters and cost.
+            intermediate_size=config.d_ff * 2 // 3,
+            # Global attention everywhere: texts are shorter than ModernBERT's 128-token local window anyway.
+            layer_types=["full_attention"] * config.num_layers,
+            embedding_dropout=config.dropout, attention_dropout=config.dropout, mlp_dropout=config.dropout,
+            classifier_dropout=config.dropout, classifier_pooling=config.pooling, **specials, **shape,
+        ))
+    return BertForSequenceClassification(BertConfig(
+        intermediate_size=config.d_ff, hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
+        type_vocab_size=1, **shape,
+    ))
 
 
 def load_pretrained(name_or_dir: str) -> PreTrainedModel:

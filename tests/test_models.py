@@ -16,9 +16,9 @@ def tokenizer():
     return train_wordpiece([row["text"] for row in tweet_rows()], vocab_size=300)
 
 
-@pytest.mark.parametrize("norm_first", [True, False])
-def test_logits_shape_and_saved_directory_loads_in_plain_transformers(tokenizer, tmp_path, norm_first):
-    model = build_model(ModelConfig(**{**SMALL.__dict__, "norm_first": norm_first}), tokenizer).eval()
+@pytest.mark.parametrize("norm_first, pooling", [(False, "cls"), (True, "cls"), (True, "mean")])
+def test_logits_shape_and_saved_directory_loads_in_plain_transformers(tokenizer, tmp_path, norm_first, pooling):
+    model = build_model(ModelConfig(**{**SMALL.__dict__, "norm_first": norm_first, "pooling": pooling}), tokenizer).eval()
     batch = pad_batch(encode(tokenizer, ["I love it", "so sad today, hate it"], 32), tokenizer.pad_token_id)
     logits = model(**batch).logits
     assert logits.shape == (2, len(LABELS))
@@ -36,9 +36,21 @@ def test_position_table_covers_max_length(tokenizer):
     assert model(**long).logits.shape == (1, 3)
 
 
-def test_heads_must_divide_d_model(tokenizer):
-    with pytest.raises(ValueError, match="must divide"):
-        build_model(ModelConfig(d_model=30, num_heads=4), tokenizer)
+def test_mean_pooling_ignores_padding(tokenizer):
+    model = build_model(ModelConfig(**{**SMALL.__dict__, "norm_first": True, "pooling": "mean"}), tokenizer).eval()
+    alone = pad_batch(encode(tokenizer, ["so sad today"], 32), tokenizer.pad_token_id)
+    padded = pad_batch(encode(tokenizer, ["so sad today", "I love this phone more than anything else"], 32), tokenizer.pad_token_id)
+    torch.testing.assert_close(model(**padded).logits[:1], model(**alone).logits)
+
+
+@pytest.mark.parametrize("shape, problem", [
+    ({"d_model": 30, "num_heads": 4}, "must divide"),
+    ({"pooling": "max"}, "pooling must be one of"),
+    ({"pooling": "mean", "norm_first": False}, "needs norm_first"),
+])
+def test_invalid_shapes_are_refused_when_the_config_is_built(shape, problem):
+    with pytest.raises(ValueError, match=problem):
+        ModelConfig(**shape)
 
 
 def test_summary_counts_every_parameter(tokenizer):
