@@ -62,7 +62,8 @@ def train_run(precision: str, texts, labels, tokenizer, model_config, train_conf
     import numpy as np
 
     from sam import learner
-    from sam.encoding import encode, length_bucketed
+    from sam.batching import length_bucketed
+    from sam.encoding import encode
     from sam.models import build_model
 
     torch.manual_seed(SEED)
@@ -97,7 +98,8 @@ def train_run(precision: str, texts, labels, tokenizer, model_config, train_conf
 @torch.inference_mode()
 def inference_rate(model, tokenizer, texts, batch_size: int, max_length: int, device) -> float:
     """Texts/s end to end: encode, pad, forward (bf16 autocast on CUDA), argmax back on the host."""
-    from sam.encoding import encode, pad_batch
+    from sam.batching import pad_batch
+    from sam.encoding import encode
     from sam.learner import autocast
 
     model.eval()
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
         print(f"gpu_check: skipped: no CUDA device (torch {torch.__version__}); --device cpu --quick smoke-tests on CPU")
         return 0
     from sam.config import ModelConfig, TrainConfig
-    from sam.encoding import train_wordpiece
+    from sam.tokenizer import train_wordpiece
 
     started = time.perf_counter()
     device = torch.device(args.device)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from sam.config import Config
-from sam.encoding import encode, length_bucketed
+from sam.batching import length_bucketed
+from sam.encoding import encode
 from sam.learner import class_weights, make_loss, make_optimizer, make_scheduler, train_step
 from sam.models import build_model
 

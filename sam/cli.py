@@ -69,7 +69,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from sam.data import load_frame
-    from sam.encoding import train_wordpiece
+    from sam.tokenizer import train_wordpiece
 
     _init_ray()
     frame, _ = load_frame(args.data, "train")

@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from sam import LABELS
 from sam.config import Config
-from sam.encoding import MAX_TEXT_CHARS, encode
+from sam.encoding import MAX_TEXT_CHARS, encode_rows
 
 log = logging.getLogger("sam")
 
@@ -207,13 +207,6 @@ def train_and_validation(config: Config) -> tuple[pd.DataFrame, pd.DataFrame, Lo
 TOKENIZE_TASKS = 2
 
 
-def tokenize_batch(batch: pd.DataFrame, tokenizer, max_length: int) -> dict:
-    ids = encode(tokenizer, batch["text"].tolist(), max_length)
-    column = np.empty(len(ids), dtype=object)
-    column[:] = ids
-    return {"input_ids": column, "labels": batch["label"].to_numpy()}
-
-
 def to_token_dataset(frame: pd.DataFrame, tokenizer, max_length: int, rows_per_block: int = 2048) -> ray.data.Dataset:
     """A lazily tokenized Ray Dataset: tokenization streams in parallel tasks as training consumes it.
 
@@ -222,6 +215,7 @@ def to_token_dataset(frame: pd.DataFrame, tokenizer, max_length: int, rows_per_b
     trials resumed side by side). At most `TOKENIZE_TASKS` run at once, so they cannot swamp the workers."""
     chunks = [frame.iloc[start : start + rows_per_block] for start in range(0, len(frame), rows_per_block)]
     return ray.data.from_pandas(chunks).map_batches(
-        tokenize_batch, batch_format="pandas", fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-        num_cpus=0, concurrency=TOKENIZE_TASKS,
+        # The tasks get the Rust tokenizer inside the transformers one: it unpickles without importing transformers.
+        encode_rows, batch_format="pandas", fn_kwargs={"tokenizer": tokenizer.backend_tokenizer, "max_length": max_length},
+        num_cpus=0, compute=ray.data.TaskPoolStrategy(size=TOKENIZE_TASKS),
     )

@@ -13,7 +13,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from sam import LABELS
 from sam.config import CONFIG_FILE, Config
-from sam.encoding import encode, load_tokenizer, pad_batch
+from sam.batching import pad_batch
+from sam.encoding import encode
+from sam.tokenizer import load_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 

@@ -26,7 +26,8 @@ from transformers import AutoModelForSequenceClassification
 
 from sam.config import Config
 from sam.data import LoadReport, to_token_dataset, train_and_validation
-from sam.encoding import collate, length_bucketed, load_tokenizer, resolve_tokenizer
+from sam.batching import collate, length_bucketed
+from sam.tokenizer import load_tokenizer, resolve_tokenizer
 from sam.learner import (
     Predictions, class_weights, eval_step, make_loss, make_optimizer, make_scheduler, to_device, train_step,
 )

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from sam.data import DataError, load_frame, split_frame, to_token_dataset, validate_batch
-from sam.encoding import train_wordpiece
+from sam.tokenizer import train_wordpiece
 from tests.conftest import tweet_rows, write_jsonl
 
 

@@ -1,39 +1,40 @@
-import numpy as np
+import json
+import subprocess
+import sys
 
-from sam.encoding import collate, encode, pad_batch, resolve_tokenizer, train_wordpiece
+from tokenizers import Tokenizer
+
+from sam.encoding import encode, encode_rows
+from sam.tokenizer import train_wordpiece
 from tests.conftest import tweet_rows
 
 TEXTS = [row["text"] for row in tweet_rows()]
 
 
-def test_wordpiece_is_a_standard_hf_tokenizer(tmp_path):
-    from transformers import AutoTokenizer
-
+def test_encode_gives_the_transformers_tokenizers_ids_truncated():
     tokenizer = train_wordpiece(TEXTS, vocab_size=300)
-    tokenizer.save_pretrained(tmp_path)
-    reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert reloaded("I love this")["input_ids"] == tokenizer("I love this")["input_ids"]
-    assert tokenizer.convert_ids_to_tokens(tokenizer("love")["input_ids"])[0] == "[CLS]"
-
-
-def test_encode_truncates_and_pad_batch_masks():
-    tokenizer = train_wordpiece(TEXTS, vocab_size=300)
-    ids = encode(tokenizer, ["love", "I hate this stupid phone, it broke again " * 20], max_length=16)
+    texts = ["love", "I hate this stupid phone, it broke again " * 20] + TEXTS
+    ids = encode(tokenizer, texts, max_length=16)
     assert len(ids[0]) < 16 and len(ids[1]) == 16
-    batch = pad_batch(ids, tokenizer.pad_token_id)
-    assert batch["input_ids"].shape == (2, 16)
-    assert batch["attention_mask"][0].sum() == len(ids[0])
-    assert (batch["input_ids"][0, len(ids[0]):] == tokenizer.pad_token_id).all()
+    assert [row.tolist() for row in ids] == tokenizer(texts, truncation=True, max_length=16)["input_ids"]
 
 
-def test_collate_adds_labels():
-    column = np.empty(2, dtype=object)
-    column[:] = [np.array([2, 5, 3]), np.array([2, 3])]
-    batch = collate({"input_ids": column, "labels": np.array([0, 2])}, pad_id=0)
-    assert batch["labels"].tolist() == [0, 2] and batch["input_ids"].shape == (2, 3)
+def test_the_rust_tokenizer_alone_gives_the_same_ids_and_never_pads():
+    tokenizer = train_wordpiece(TEXTS, vocab_size=300)
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.enable_padding(length=64)  # as some saved tokenizer.json files do
+    assert [row.tolist() for row in encode(backend, TEXTS, 32)] == [row.tolist() for row in encode(tokenizer, TEXTS, 32)]
 
 
-def test_offline_tokenizer_falls_back_to_corpus_wordpiece(caplog):
-    tokenizer = resolve_tokenizer("bert-base-cased", TEXTS, vocab_size=300)  # HF_HUB_OFFLINE=1 in conftest
-    assert len(tokenizer) <= 300
-    assert "training a 300-word WordPiece tokenizer" in caplog.text
+def test_encode_rows_keeps_labels_beside_ids():
+    import pandas as pd
+
+    tokenizer = train_wordpiece(TEXTS, vocab_size=300)
+    rows = encode_rows(pd.DataFrame({"text": ["love it", "hate it"], "label": [2, 0]}), tokenizer.backend_tokenizer, 8)
+    assert rows["labels"].tolist() == [2, 0] and rows["input_ids"][0].tolist() == encode(tokenizer, ["love it"], 8)[0].tolist()
+
+
+def test_importing_encoding_loads_neither_torch_nor_transformers():
+    """Ray Data's tokenizing tasks import it in fresh processes: heavy imports there delay every epoch."""
+    code = "import sys, json, sam.encoding; print(json.dumps(sorted({'torch', 'transformers'} & set(sys.modules))))"
+    assert json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) == []

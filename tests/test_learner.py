@@ -2,7 +2,9 @@ import numpy as np
 import torch
 
 from sam.config import ModelConfig, TrainConfig
-from sam.encoding import collate, encode, train_wordpiece
+from sam.batching import collate
+from sam.encoding import encode
+from sam.tokenizer import train_wordpiece
 from sam.learner import Predictions, class_weights, make_loss, make_optimizer, make_scheduler, train_step
 from sam.models import build_model
 from tests.conftest import tweet_rows

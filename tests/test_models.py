@@ -4,7 +4,9 @@ from transformers import AutoModelForSequenceClassification
 
 from sam import LABELS
 from sam.config import ModelConfig
-from sam.encoding import encode, pad_batch, train_wordpiece
+from sam.batching import pad_batch
+from sam.encoding import encode
+from sam.tokenizer import train_wordpiece
 from sam.models import build_model, summary
 from tests.conftest import tweet_rows
 
