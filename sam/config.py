@@ -55,6 +55,7 @@ class TrainConfig:
     label_smoothing: float = _knob(0.1, "cross-entropy label smoothing")
     class_weights: bool = _knob(True, "weight the loss by inverse class frequency")
     grad_clip: float = _knob(1.0, "gradient norm clip")
+    ema_decay: float = _knob(0.998, "evaluate and export an exponential moving average of the weights with this decay per step (0 = the last step's weights)")
     seed: int = _knob(42, "seed for the split, initialisation and shuffling")
 
 

@@ -38,6 +38,23 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+def make_averaged(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of `model`'s weights, or None when `decay` is 0: small noisy steps leave
+    the last weights beside the minimum, their recent average nearer to it.
+
+    Bias-corrected like Adam's moments: torch's plain EMA starts from the first step's weights and still gave
+    them a fifth of the average after two epochs at decay 0.998 (validation accuracy 0.41 after epoch 1)."""
+    if not decay:
+        return None
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        steps = int(num_averaged) + 1  # AveragedModel copies the first step itself and counts it
+        for average, weight in zip(averaged, current):
+            average.lerp_(weight, (1 - decay) / (1 - decay**steps))
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update)
+
+
 def make_loss(config: TrainConfig, weights: list[float] | None, device: torch.device) -> torch.nn.CrossEntropyLoss:
     weight = torch.tensor(weights, dtype=torch.float32, device=device) if config.class_weights and weights else None
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)

@@ -29,7 +29,7 @@ from sam.data import LoadReport, to_token_dataset, train_and_validation
 from sam.batching import collate, length_bucketed
 from sam.tokenizer import load_tokenizer, resolve_tokenizer
 from sam.learner import (
-    Predictions, class_weights, eval_step, make_loss, make_optimizer, make_scheduler, to_device, train_step,
+    Predictions, class_weights, eval_step, make_averaged, make_loss, make_optimizer, make_scheduler, to_device, train_step,
 )
 from sam.models import build_model, load_pretrained, summary
 
@@ -105,12 +105,17 @@ def _initial_model(config: Config, tokenizer):
     return build_model(config.model, tokenizer)
 
 
-def _save_checkpoint(directory: str, model, tokenizer, config: Config, optimizer, scheduler, progress: dict) -> None:
-    model.save_pretrained(directory)
+def _save_checkpoint(directory: str, model, averaged, tokenizer, config: Config, optimizer, scheduler, progress: dict) -> None:
+    """The weights evaluated and exported (the average, if any) as the model; the weights training resumes
+    from, and the average's step count, beside the optimiser state."""
+    (averaged.module if averaged is not None else model).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     config.save(directory)
     Path(directory, PROGRESS_FILE).write_text(json.dumps(progress))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, Path(directory, OPTIMIZER_FILE))
+    training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    if averaged is not None:
+        training.update(weights=model.state_dict(), averaged_steps=averaged.n_averaged)
+    torch.save(training, Path(directory, OPTIMIZER_FILE))
 
 
 def _fault_plan() -> dict:
@@ -156,14 +161,19 @@ def train_func(loop_config: dict) -> None:
         # Logged, not printed: Ray Train both tees and logs a worker's print, so the driver shows it twice.
         log.info("%s", summary(model))
     model = ray.train.torch.prepare_model(model)
+    unwrapped = model.module if hasattr(model, "module") else model
+    averaged = make_averaged(unwrapped, config.train.ema_decay)  # on restore: a copy of the saved average
     optimizer = make_optimizer(model, config.train)
     scheduler = make_scheduler(optimizer, config.train, total_steps)
     if checkpoint:
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
+        if averaged is not None:
+            unwrapped.load_state_dict(states["weights"])
+            averaged.n_averaged.copy_(states["averaged_steps"])  # continues the saved average, bias correction included
+    evaluated = averaged.module if averaged is not None else unwrapped
     loss_fn = make_loss(config.train, loop_config["class_weights"], device)
     to_tensors = PadCollate(tokenizer.pad_token_id)
-    unwrapped = model.module if hasattr(model, "module") else model
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     log_every = max(1, loop_config["steps_per_epoch"] // 4)
 
@@ -187,6 +197,8 @@ def train_func(loop_config: dict) -> None:
             progress["step"] += 1
             _maybe_inject_fault(loop_config["fault"], progress["step"], rank, world_size, bool(checkpoint))
             loss_sum += train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip, config.scale.bf16) * len(batch["labels"])
+            if averaged is not None:
+                averaged.update_parameters(unwrapped)
             samples += len(batch["labels"])
             progress["peak_lr"] = max(progress["peak_lr"], scheduler.get_last_lr()[0])
             if rank == 0 and progress["step"] % log_every == 0:
@@ -196,7 +208,7 @@ def train_func(loop_config: dict) -> None:
 
         predictions = Predictions()
         for batch in val_shard.iter_torch_batches(batch_size=256, collate_fn=to_tensors):
-            eval_step(unwrapped, to_device(batch, device), predictions, config.scale.bf16)
+            eval_step(evaluated, to_device(batch, device), predictions, config.scale.bf16)
         if world_size > 1:
             parts = [None] * world_size
             torch.distributed.all_gather_object(parts, predictions)
@@ -220,7 +232,7 @@ def train_func(loop_config: dict) -> None:
         progress["history"].append(metrics)
         with tempfile.TemporaryDirectory() as directory:
             if rank == 0:
-                _save_checkpoint(directory, unwrapped, tokenizer, config, optimizer, scheduler, progress)
+                _save_checkpoint(directory, unwrapped, averaged, tokenizer, config, optimizer, scheduler, progress)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
         if metrics["stopping"]:
             break

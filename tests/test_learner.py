@@ -1,11 +1,14 @@
 import numpy as np
+import pytest
 import torch
 
 from sam.config import ModelConfig, TrainConfig
 from sam.batching import collate
 from sam.encoding import encode
 from sam.tokenizer import train_wordpiece
-from sam.learner import Predictions, class_weights, make_loss, make_optimizer, make_scheduler, train_step
+from sam.learner import (
+    Predictions, class_weights, make_averaged, make_loss, make_optimizer, make_scheduler, train_step,
+)
 from sam.models import build_model
 from tests.conftest import tweet_rows
 
@@ -32,6 +35,18 @@ def test_no_weight_decay_on_norms_and_biases():
     decayed, undecayed = make_optimizer(model, TrainConfig(weight_decay=0.01)).param_groups
     assert decayed["weight_decay"] == 0.01 and all(p.ndim == 2 for p in decayed["params"])
     assert undecayed["weight_decay"] == 0.0 and all(p.ndim == 1 for p in undecayed["params"])
+
+
+def test_weight_average_is_a_bias_corrected_exponential_average():
+    weight = torch.nn.Linear(1, 1, bias=False)
+    assert make_averaged(weight, 0.0) is None
+    averaged, moment = make_averaged(weight, 0.9), 0.0
+    with torch.no_grad():
+        for step, value in enumerate((1.0, 2.0, 3.0, 5.0), start=1):
+            weight.weight.fill_(value)
+            averaged.update_parameters(weight)
+            moment = 0.9 * moment + 0.1 * value
+            assert averaged.module.weight.item() == pytest.approx(moment / (1 - 0.9**step))  # no pull toward 0 or step 1
 
 
 def test_class_weights_are_inverse_frequency():
