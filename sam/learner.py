@@ -48,9 +48,11 @@ def make_averaged(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils
         return None
 
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        steps = int(num_averaged) + 1  # AveragedModel copies the first step itself and counts it
+        # AveragedModel copies the first step itself and counts it. The step count stays a tensor: reading it
+        # back to Python would make every training step on a GPU wait for the device.
+        step_weight = (1 - decay) / (1 - decay ** (num_averaged + 1))
         for average, weight in zip(averaged, current):
-            average.lerp_(weight, (1 - decay) / (1 - decay**steps))
+            average.lerp_(weight, step_weight)
 
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update)
 
