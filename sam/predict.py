@@ -13,11 +13,12 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from sam import LABELS
 from sam.config import CONFIG_FILE, Config
-from sam.batching import pad_batch
+from sam.batching import pad_batch, token_budget_chunks
 from sam.encoding import encode
 from sam.tokenizer import load_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
+CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 512, 16384
 
 
 class ModelDirError(ValueError):
@@ -62,6 +63,8 @@ class Predictor:
             model = quantize_linear_layers(model)
         self.quantized = quantize
         self.device = torch.device(device)
+        # Tokens per forward pass: on a CPU thread more rows stop paying around 512; a GPU wants far more.
+        self.batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.model = model.to(self.device).eval()
 
     @property
@@ -70,14 +73,12 @@ class Predictor:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     @torch.inference_mode()
-    def scores(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Class probabilities, one row per text, in input order. Texts are sorted by length so that
-        each batch pads little."""
+    def scores(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
+        """Class probabilities, one row per text, in input order. Texts run in length-sorted groups of at most
+        `max_tokens` tokens, padding included (default: `self.batch_tokens`)."""
         ids = encode(self.tokenizer, texts, self.config.model.max_length)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         probabilities = torch.empty(len(ids), len(LABELS))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in token_budget_chunks([len(row) for row in ids], max_tokens or self.batch_tokens):
             batch = {k: v.to(self.device) for k, v in pad_batch([ids[i] for i in chunk], self.tokenizer.pad_token_id).items()}
             probabilities[chunk] = self.model(**batch).logits.float().softmax(-1).cpu()
         return probabilities

@@ -1,6 +1,6 @@
 import numpy as np
 
-from sam.batching import collate, length_bucketed, pad_batch
+from sam.batching import collate, length_bucketed, pad_batch, token_budget_chunks
 
 
 def ids(*lengths: int) -> np.ndarray:
@@ -27,3 +27,11 @@ def test_length_buckets_keep_every_row_and_group_similar_lengths():
     batches = list(length_bucketed(window, batch_size=2, pad_id=0, rng=np.random.default_rng(0)))
     assert sorted(label for batch in batches for label in batch["labels"].tolist()) == sorted(lengths)
     assert sorted(batch["input_ids"].shape[1] for batch in batches) == [2, 4, 7, 9]  # no batch pads 1 to 9
+
+
+def test_token_budget_chunks_cover_every_row_once_within_the_budget():
+    lengths = [30, 5, 6, 100, 5, 7, 29]
+    chunks = token_budget_chunks(lengths, max_tokens=60)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
+    assert chunks == [[1, 4, 2, 5], [6, 0], [3]]  # the 100-token row alone, over the budget
+    assert all(len(c) * max(lengths[i] for i in c) <= 60 for c in chunks if len(c) > 1)
