@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from steal import cpu_times, steal_percent  # noqa: E402  (bench/ is on the path as the script's folder)
 DATA = ROOT.parent / "shared/data/tweet_sentiment_extraction/train.jsonl"
 FALLBACK_TEXTS = ["I love this!", "worst day ever", "going to the store later", "so happy for you", "meh, it was ok"]
 
@@ -75,6 +76,7 @@ def load(port: int, texts: list[str], concurrency: int, duration_s: float, warmu
         return latencies, errors, time.perf_counter() - start
 
     asyncio.run(run(warmup_s))
+    mark = cpu_times()
     latencies, errors, elapsed = asyncio.run(run(duration_s))
     ordered = sorted(latencies) or [float("nan")]
     return {
@@ -85,6 +87,7 @@ def load(port: int, texts: list[str], concurrency: int, duration_s: float, warmu
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
+        "cpu_steal_percent": steal_percent(mark),
     }
 
 
@@ -136,18 +139,31 @@ def raw_model(model: str, texts: list[str], threads: int, quantize: bool, batch_
     torch.set_num_threads(threads)
     predictor = Predictor(model, quantize=quantize)
     predictor.scores(texts[:batch_size])  # warm-up
-    done, start, i = 0, time.perf_counter(), 0
+    done, start, i, mark = 0, time.perf_counter(), 0, cpu_times()
     while time.perf_counter() - start < seconds:  # as a Serve batch of this size runs: one `scores` call
         predictor.scores(texts[i : i + batch_size])
         done, i = done + batch_size, (i + batch_size) % (len(texts) - batch_size)
-    return {"batch_size": batch_size, "texts_per_s": round(done / (time.perf_counter() - start), 1)}
+    return {"batch_size": batch_size, "texts_per_s": round(done / (time.perf_counter() - start), 1), "cpu_steal_percent": steal_percent(mark)}
+
+
+def mean_recent_batch(port: int) -> float | None:
+    """The deployment's last 64 batch sizes, from its /model endpoint (None for the plain server)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=5) as response:
+            sizes = json.load(response)["batching"]["recent_batch_sizes"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return round(statistics.mean(sizes), 1) if sizes else None
 
 
 def sweep(name: str, port: int, texts: list[str], args: argparse.Namespace) -> list[dict]:
     rows = []
     for concurrency in args.concurrency:
-        row = {"server": name, **load(port, texts, concurrency, args.duration, args.warmup)}
-        print(f"  {name:<16} c={concurrency:<4} {row['req_per_s']:>8} req/s  p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  errors {row['errors']}", flush=True)
+        row = {"server": name, **load(port, texts, concurrency, args.duration, args.warmup), "mean_batch": mean_recent_batch(port)}
+        print(f"  {name:<16} c={concurrency:<4} {row['req_per_s']:>8} req/s  p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  "
+              f"errors {row['errors']}  mean batch {row['mean_batch']}  CPU steal {row['cpu_steal_percent']} %", flush=True)
         rows.append(row)
     return rows
 
@@ -219,11 +235,12 @@ def main() -> None:
     raw = [raw_model(args.model, texts, max(1, int(args.num_cpus)), args.quantize, size) for size in (1, 32)] if "raw" in parts else []
     rows = (serve_rows(args, texts) if "serve" in parts else []) + plain
 
-    print(f"\n{'server':<16} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"\n{'server':<16} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'batch':>6} {'steal %':>8}")
     for row in rows:
-        print(f"{row['server']:<16} {row['concurrency']:>7} {row['req_per_s']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['errors']:>6}")
+        print(f"{row['server']:<16} {row['concurrency']:>7} {row['req_per_s']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['errors']:>6} "
+              f"{row['mean_batch'] or '':>6} {row['cpu_steal_percent']!s:>8}")
     for limit in raw:
-        print(f"raw model, batch {limit['batch_size']}: {limit['texts_per_s']} texts/s")
+        print(f"raw model, batch {limit['batch_size']}: {limit['texts_per_s']} texts/s (CPU steal {limit['cpu_steal_percent']} %)")
     if raw:
         print(f"batching can gain at most {raw[1]['texts_per_s'] / raw[0]['texts_per_s']:.2f}x over one text at a time (raw batch 32 / batch 1)")
     by = {(r["server"], r["concurrency"]): r["req_per_s"] for r in rows}

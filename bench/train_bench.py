@@ -6,7 +6,8 @@ against a plain PyTorch loop over the same model, batches and thread count, in o
 One epoch over the full train split by default (about 8 minutes on 2 cores): Ray Data's start-up, which the
 epoch pays once (`ray_data_wait_s`), is a fair share of the whole run only on short epochs. The plain loop runs
 before and after the Ray epoch and the ratio is against their mean: this machine's speed drifts by 10 % and
-more within minutes, and a single plain run before the Ray one turned that drift into the ratio.
+more within minutes, and a single plain run before the Ray one turned that drift into the ratio. Each phase
+also reports the CPU time the hypervisor gave to other machines (steal): much of it means a noisy figure.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from sam.batching import length_bucketed
 from sam.encoding import encode
 from sam.learner import class_weights, make_averaged, make_loss, make_optimizer, make_scheduler, train_step
 from sam.models import build_model
+from steal import cpu_times, steal_percent
 
 
 def plain_samples_per_s(config: Config, texts: list[str], labels: np.ndarray, tokenizer) -> float:
@@ -68,10 +70,14 @@ def main() -> None:
     train_rows, _, tokenizer, _ = split_and_tokenizer(config)
     torch.set_num_threads(threads)
     texts, labels = train_rows["text"].tolist(), train_rows["label"].to_numpy()
+    steal, mark = {}, cpu_times()
     plain_before = plain_samples_per_s(config, texts, labels, tokenizer)
+    steal["plain_before"], mark = steal_percent(mark), cpu_times()
     with tempfile.TemporaryDirectory() as scratch:
         metrics = train(config, os.path.join(scratch, "model"), storage=os.path.join(scratch, "runs"))
+    steal["ray"], mark = steal_percent(mark), cpu_times()
     plain_after = plain_samples_per_s(config, texts, labels, tokenizer)
+    steal["plain_after"] = steal_percent(mark)
     ray.shutdown()
     plain = (plain_before + plain_after) / 2
     epoch = metrics["history"][0]
@@ -79,12 +85,12 @@ def main() -> None:
     result = {"ray_samples_per_s": round(ray_rate, 1), "plain_samples_per_s": round(plain, 1),
               "ratio": round(ray_rate / plain, 3), "plain_before_samples_per_s": round(plain_before, 1),
               "plain_after_samples_per_s": round(plain_after, 1), "ray_data_wait_s": round(epoch["data_wait_s"], 1),
-              "rows": len(train_rows), "threads": threads}
+              "rows": len(train_rows), "threads": threads, "cpu_steal_percent": steal}
     if not args.json:
-        print(f"{'loop':<28}{'samples/s':>12}")
-        print(f"{'plain PyTorch, before':<28}{plain_before:>12.1f}")
-        print(f"{'Ray Train, 1 worker':<28}{ray_rate:>12.1f}   ({epoch['data_wait_s']:.1f} s of the epoch waiting for Ray Data)")
-        print(f"{'plain PyTorch, after':<28}{plain_after:>12.1f}")
+        print(f"{'loop':<28}{'samples/s':>12}{'CPU steal %':>14}")
+        print(f"{'plain PyTorch, before':<28}{plain_before:>12.1f}{steal['plain_before']!s:>14}")
+        print(f"{'Ray Train, 1 worker':<28}{ray_rate:>12.1f}{steal['ray']!s:>14}   ({epoch['data_wait_s']:.1f} s of the epoch waiting for Ray Data)")
+        print(f"{'plain PyTorch, after':<28}{plain_after:>12.1f}{steal['plain_after']!s:>14}")
         print(f"ratio Ray / mean plain: {ray_rate / plain:.3f}  ({len(train_rows)} rows, {threads} threads)")
     print(json.dumps(result))
 
