@@ -3,7 +3,7 @@ against a plain PyTorch loop over the same model, batches and thread count, in o
 
     python bench/train_bench.py --data ../shared/data/tweet_sentiment_extraction [--limit-train N] [--json]
 
-One epoch over the full train split by default (about 8 minutes on 2 cores): Ray Data's start-up, which the
+One epoch over the full train split by default (about 9 minutes on 2 cores): Ray Data's start-up, which the
 epoch pays once (`ray_data_wait_s`), is a fair share of the whole run only on short epochs. The plain loop runs
 before and after the Ray epoch and the ratio is against their mean: this machine's speed drifts by 10 % and
 more within minutes, and a single plain run before the Ray one turned that drift into the ratio. Each phase

@@ -63,7 +63,8 @@ class Predictor:
             model = quantize_linear_layers(model)
         self.quantized = quantize
         self.device = torch.device(device)
-        # Tokens per forward pass: on a CPU thread more rows stop paying around 512; a GPU wants far more.
+        # Tokens per forward pass: on a CPU thread more rows stop paying around 512 (measured); a GPU wants far
+        # more (its figure is a guess: the old batches of 64 at full length were 8,192).
         self.batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.model = model.to(self.device).eval()
 
