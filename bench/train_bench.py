@@ -45,9 +45,7 @@ def plain_samples_per_s(config: Config, texts: list[str], labels: np.ndarray, to
     for start in range(0, len(texts), window):
         rows = {"input_ids": ids[start : start + window], "labels": labels[start : start + window]}
         for batch in length_bucketed(rows, config.train.batch_size, tokenizer.pad_token_id, rng):
-            train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip)
-            if averaged is not None:
-                averaged.update_parameters(model)
+            train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip, averaged=averaged)
             samples += len(batch["labels"])
     return samples / (time.perf_counter() - started)
 

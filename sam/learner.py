@@ -74,8 +74,10 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {name: tensor.pin_memory().to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
-def train_step(model, batch: dict, loss_fn, optimizer, scheduler, grad_clip: float, bf16: bool = True) -> float:
-    """One optimiser step on one padded batch; returns the batch loss."""
+def train_step(model, batch: dict, loss_fn, optimizer, scheduler, grad_clip: float, bf16: bool = True,
+               averaged: torch.optim.swa_utils.AveragedModel | None = None) -> float:
+    """One optimiser step on one padded batch, then the weight average's update if there is one; returns the
+    batch loss."""
     model.train()
     device = batch["input_ids"].device
     with autocast(device, bf16):
@@ -86,6 +88,8 @@ def train_step(model, batch: dict, loss_fn, optimizer, scheduler, grad_clip: flo
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
+    if averaged is not None:
+        averaged.update_parameters(model)  # a DDP wrapper's parameters are its module's, in the same order
     return loss.item()
 
 

@@ -196,9 +196,8 @@ def train_func(loop_config: dict) -> None:
             batch = to_device(batch, device)
             progress["step"] += 1
             _maybe_inject_fault(loop_config["fault"], progress["step"], rank, world_size, bool(checkpoint))
-            loss_sum += train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip, config.scale.bf16) * len(batch["labels"])
-            if averaged is not None:
-                averaged.update_parameters(unwrapped)
+            loss_sum += train_step(model, batch, loss_fn, optimizer, scheduler, config.train.grad_clip, config.scale.bf16,
+                                   averaged) * len(batch["labels"])
             samples += len(batch["labels"])
             progress["peak_lr"] = max(progress["peak_lr"], scheduler.get_last_lr()[0])
             if rank == 0 and progress["step"] % log_every == 0:
