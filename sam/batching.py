@@ -37,13 +37,19 @@ def length_bucketed(window: dict[str, np.ndarray], batch_size: int, pad_id: int,
         yield collate({name: column[chunks[index]] for name, column in window.items()}, pad_id)
 
 
+def training_batches(windows: Iterable[dict[str, np.ndarray]], batch_size: int, pad_id: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """An epoch's padded training batches from windows of `batch_size * bucket_batches` rows each (a Ray Data
+    shard's `iter_batches`, or slices of an in-memory set): the one batching pipeline of training."""
+    rng = np.random.default_rng(seed)
+    for window in windows:
+        yield from length_bucketed(window, batch_size, pad_id, rng)
+
+
 def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Indices of rows in length order, grouped so that no group pads to more than `max_tokens` tokens (rows
     times its longest row); a longer row still gets a group of its own.
 
-    For inference: 32 random tweets padded together are half padding (mean 22 tokens, mean longest 46), and on
-    one CPU thread length-sorted groups of at most 512 tokens ran 1.15-1.4x the texts/s of one padded batch of
-    32, and 1.17x sorted batches of 64 over 512 texts."""
+    For inference: random tweets padded together are about half padding (docs/benchmarks.md has the figures)."""
     chunks: list[list[int]] = []
     for index in sorted(range(len(lengths)), key=lengths.__getitem__):
         if chunks and (len(chunks[-1]) + 1) * lengths[index] <= max_tokens:

@@ -1,14 +1,16 @@
-"""`sam` command line: train, evaluate, predict, tokenizer train."""
+"""`sam` command line: train, tune, evaluate, predict, tokenizer train. Every command that writes or reads a
+model directory defaults to the same one, so train -> evaluate -> serve needs no path."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
-from pathlib import Path
+import time
 
-from sam.config import add_config_arguments, config_from_args
+from sam.config import DEFAULT_MODEL_DIR, Config, add_config_arguments, config_from_args
 
 log = logging.getLogger("sam")
 
@@ -30,6 +32,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     _init_ray()
     metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    return 0
+
+
+def search_config(args: argparse.Namespace) -> Config:
+    """`sam train`'s config from the flags; `--gpus-per-trial` is shorthand for GPUs split over a trial's workers."""
+    config = config_from_args(args)
+    if args.gpus_per_trial is not None:
+        config = config.with_flat(use_gpu=args.gpus_per_trial > 0,
+                                  gpus_per_worker=args.gpus_per_trial / config.scale.num_workers or 1.0)
+    return config
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from sam.tune import export_best, format_leaderboard, is_complete, resume_search, run_search, summarize
+
+    knobs = {name for section in Config().to_dict().values() for name in section}
+    fixed = tuple(name for name in vars(args) if name in knobs)  # given by hand: left out of the search space
+    config = search_config(args)
+    name = args.name or f"sam-search-{time.strftime('%Y%m%d-%H%M%S')}"
+    _init_ray()
+    if args.resume:
+        results, spec = resume_search(args.storage, name)
+    else:
+        results, spec = run_search(config, args.storage, name, args.num_samples, grace_period=args.grace_period,
+                                   reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent, fixed=fixed)
+    rows = summarize(results, spec)
+    print(format_leaderboard(rows))
+    if not is_complete(results, spec):
+        print(f"search interrupted; continue it with: sam tune --storage {args.storage} --name {name} --resume", file=sys.stderr)
+        return 130
+    metrics = export_best(rows, args.output, args.storage, name)
+    print(json.dumps({"output": args.output, "trial_id": metrics["trial_id"], "val_accuracy": metrics["val_accuracy"],
+                      "val_macro_f1": metrics["val_macro_f1"], "best_epoch": metrics["best_epoch"]}))
     return 0
 
 
@@ -85,15 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train on Ray Train and export the best epoch as a model directory")
-    train.add_argument("--output", default="models/latest", help="model directory to write (default: models/latest)")
+    train.add_argument("--output", default=DEFAULT_MODEL_DIR, help=f"model directory to write (default: {DEFAULT_MODEL_DIR})")
     train.add_argument("--storage", default=None, help="Ray Train storage path or URI for checkpoints (default: ~/ray_results)")
     train.add_argument("--name", default=None, help="run name under the storage path")
     train.add_argument("--max-failures", type=int, default=1, help="worker failures survived by restarting from the last checkpoint")
     add_config_arguments(train)
     train.set_defaults(run=cmd_train)
 
+    tune = commands.add_parser(
+        "tune", help="ASHA search over Ray Train trials; the best trial's best epoch exported as a model directory",
+        description="Every `sam train` option sets the search's base config; one given by hand leaves the search "
+                    "space (layers, heads, width, dropout, lr, warm-up, weight decay, batch size). "
+                    "`python tune/search.py` is the same command.")
+    search = tune.add_argument_group("search")
+    search.add_argument("--num-samples", type=int, default=8, help="trials to sample (default: 8)")
+    search.add_argument("--grace-period", type=int, default=1, help="epochs every trial runs before ASHA may stop it (default: 1)")
+    search.add_argument("--reduction-factor", type=int, default=2, help="ASHA keeps 1/N of the trials at each rung (default: 2)")
+    search.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as the free CPUs/GPUs hold)")
+    search.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="GPUs per trial, split over its workers; a fraction packs trials on one GPU (0.25: four per GPU)")
+    search.add_argument("--output", default=DEFAULT_MODEL_DIR, help=f"model directory for the best trial (default: {DEFAULT_MODEL_DIR})")
+    search.add_argument("--storage", default="~/ray_results", help="local path or URI for trials and checkpoints (default: ~/ray_results)")
+    search.add_argument("--name", default=None, help="experiment name under --storage (default: sam-search-<time>)")
+    search.add_argument("--resume", action="store_true", help="continue the interrupted search --storage/--name with its stored settings")
+    add_config_arguments(tune)
+    tune.set_defaults(run=cmd_tune)
+
     evaluate = commands.add_parser("evaluate", help="accuracy, macro-F1, per-class report and confusion matrix")
-    evaluate.add_argument("--model", required=True, help="model directory")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL_DIR, help=f"model directory (default: {DEFAULT_MODEL_DIR})")
     evaluate.add_argument("--data", required=True, help="file, directory holding <split>.jsonl/.parquet/.csv, or hub name")
     evaluate.add_argument("--split", default="test",
                           help=f"split to read from a directory or the hub (default: test); '{VALIDATION}' re-carves "
@@ -104,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="one JSON line per text (texts from arguments or stdin lines)")
-    predict.add_argument("--model", required=True, help="model directory")
+    predict.add_argument("--model", default=DEFAULT_MODEL_DIR, help=f"model directory (default: {DEFAULT_MODEL_DIR})")
     predict.add_argument("texts", nargs="*", help="texts to classify")
     predict.set_defaults(run=cmd_predict)
 
@@ -121,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     from sam.data import DataError
     from sam.predict import ModelDirError
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer runs in Ray's processes, not forked ones
     logging.basicConfig(format="%(message)s", level=logging.INFO)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "tune" and args.resume and not args.name:
+        parser.error("--resume needs the --name of the search to continue")
     try:
         return args.run(args)
     except (DataError, ModelDirError, ValueError) as error:

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
 CONFIG_FILE = "sam_config.json"
+# Where `sam train` and `sam tune` write a model and `sam evaluate`, `sam predict` and Serve read it.
+DEFAULT_MODEL_DIR = "models/latest"
 POOLINGS = ("cls", "mean")
+BACKENDS = ("auto", "nccl", "gloo")
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -27,10 +30,10 @@ class ModelConfig:
     d_ff: int = _knob(1024, "feed-forward size")
     dropout: float = _knob(0.1, "dropout on embeddings, attention and feed-forward")
     max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)")
-    norm_first: bool = _knob(False, "pre-layer-norm encoder (ModernBERT, the design card's); default BERT's post-norm, which measured better here")
+    norm_first: bool = _knob(False, "pre-layer-norm encoder (ModernBERT's), the replaced system's architecture; default BERT's post-norm")
     pooling: str = _knob("cls", "text vector for the head: cls (the [CLS] token) | mean (of all tokens; needs norm_first)")
     vocab_size: int = _knob(4000, "vocabulary of a corpus-trained WordPiece tokenizer")
-    lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer (tweets' casing is noise)")
+    lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer")
 
     def __post_init__(self) -> None:
         """Refused here, where the CLI, a saved directory or a Tune trial builds the config, not deep in a worker."""
@@ -45,8 +48,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     lr: float = _knob(5e-4, "peak learning rate, reached at the end of warm-up")
-    warmup_steps: int = _knob(300, "optimizer steps of linear warm-up")
-    schedule: str = _knob("linear", "after warm-up: linear | cosine | inverse_sqrt (Noam) | constant")
+    warmup_steps: int = _knob(300, "optimizer steps of linear warm-up, then linear decay to zero at the last epoch")
     weight_decay: float = _knob(0.01, "AdamW weight decay (not applied to norms and biases)")
     batch_size: int = _knob(64, "examples per worker per step")
     bucket_batches: int = _knob(8, "batches whose rows are sorted by length together, to pad less (1 = random batches)")
@@ -64,18 +66,35 @@ class DataConfig:
     data: str = _knob("mteb/tweet_sentiment_extraction", "hub name, directory with train.jsonl/.parquet/.csv, or one file")
     val_fraction: float = _knob(0.1, "stratified validation share carved from train")
     limit_train: Optional[int] = _knob(None, "keep only the first N valid rows (smoke runs)")
-    tokenizer: str = _knob("bert-base-cased", "HF tokenizer name or directory; offline falls back to a corpus WordPiece")
+    tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
     init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
 
 
 @dataclass
 class ScaleConfig:
     num_workers: int = _knob(1, "Ray Train workers (DDP)")
-    use_gpu: bool = _knob(False, "one GPU per worker, nccl, bf16 autocast")
-    bf16: bool = _knob(True, "bf16 autocast on GPU; false keeps fp32, which measured faster for the default 5M-parameter encoder")
+    use_gpu: bool = _knob(False, "train on GPUs (gpus_per_worker each), bf16 autocast unless bf16 is false")
+    gpus_per_worker: float = _knob(1.0, "GPUs per worker with use_gpu; a fraction shares one GPU (0.25: four workers or trials per GPU)")
+    backend: str = _knob("auto", "torch.distributed backend: auto (gloo on CPU or when workers share a GPU, else nccl) | nccl | gloo")
+    bf16: bool = _knob(True, "bf16 autocast on GPU; false keeps fp32")
     cpus_per_worker: int = _knob(1, "CPUs Ray reserves per worker")
     torch_threads: int = _knob(0, "intra-op threads per worker; 0 = this node's cores / workers")
     placement_strategy: str = _knob("PACK", "Ray placement of the workers: PACK (fewest nodes) | SPREAD (across nodes)")
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.gpus_per_worker <= 0:
+            raise ValueError(f"gpus_per_worker must be positive, got {self.gpus_per_worker}")
+
+    @property
+    def torch_backend(self) -> str:
+        """NCCL refuses two ranks on one device, so workers that may share a GPU talk over gloo."""
+        if self.backend != "auto":
+            return self.backend
+        if not self.use_gpu or (self.num_workers > 1 and self.gpus_per_worker < 1):
+            return "gloo"
+        return "nccl"
 
 
 @dataclass

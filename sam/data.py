@@ -198,10 +198,17 @@ def split_frame(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd
 
 def train_and_validation(config: Config) -> tuple[pd.DataFrame, pd.DataFrame, LoadReport]:
     """The train split's valid rows, split by the config's source, row limit, fraction and seed: given a model's
-    saved config, `sam evaluate --split validation` carves the very rows that model was validated on."""
+    saved config, `sam evaluate --split validation` carves the very rows that model was validated on. The
+    training rows come back in one seeded shuffle; each epoch adds a local shuffle in the workers."""
     frame, report = load_frame(config.data.data, "train", config.data.limit_train)
     train, val = split_frame(frame, config.data.val_fraction, config.train.seed)
-    return train, val, report
+    return train.sample(frac=1.0, random_state=config.train.seed).reset_index(drop=True), val, report
+
+
+def class_weights(labels: np.ndarray) -> list[float]:
+    """Inverse class frequency, normalised so a balanced set gets all ones."""
+    counts = np.bincount(labels, minlength=len(LABELS)).astype(float)
+    return (counts.sum() / (len(LABELS) * np.maximum(counts, 1))).tolist()
 
 
 TOKENIZE_TASKS = 2
@@ -218,4 +225,34 @@ def to_token_dataset(frame: pd.DataFrame, tokenizer, max_length: int, rows_per_b
         # The tasks get the Rust tokenizer inside the transformers one: it unpickles without importing transformers.
         encode_rows, batch_format="pandas", fn_kwargs={"tokenizer": tokenizer.backend_tokenizer, "max_length": max_length},
         num_cpus=0, compute=ray.data.TaskPoolStrategy(size=TOKENIZE_TASKS),
+    )
+
+
+@dataclass
+class PreparedData:
+    train: ray.data.Dataset
+    val: ray.data.Dataset
+    tokenizer: object
+    class_weights: list[float]
+    n_train: int
+    n_val: int
+    report: LoadReport
+
+
+def prepare_data(config: Config) -> PreparedData:
+    """Read, validate and split on the driver, choose or train the tokenizer; tokenization streams in Ray Data
+    tasks while training consumes it."""
+    from sam.tokenizer import tokenizer_for  # here, not at the top: Ray Data's tasks import this module
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch per worker drowns the log
+    train, val, report = train_and_validation(config)
+    tokenizer = tokenizer_for(config, train["text"].tolist())
+    return PreparedData(
+        train=to_token_dataset(train, tokenizer, config.model.max_length),
+        val=to_token_dataset(val, tokenizer, config.model.max_length),
+        tokenizer=tokenizer,
+        class_weights=class_weights(train["label"].to_numpy()),
+        n_train=len(train),
+        n_val=len(val),
+        report=report,
     )

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from sam import LABELS
-from sam.predict import Predictor
+
+if TYPE_CHECKING:
+    from sam.predict import Predictor
 
 
-def evaluate(predictor: Predictor, texts: list[str], labels: np.ndarray) -> dict:
-    predicted = predictor.scores(texts).argmax(-1).numpy()
-    report = classification_report(labels, predicted, labels=range(len(LABELS)), target_names=LABELS,
-                                   output_dict=True, zero_division=0)
+def classification_metrics(labels: Sequence[int], predicted: Sequence[int]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix: the one place they are
+    computed, for validation during training and for `sam evaluate`."""
+    n, classes = len(labels), range(len(LABELS))
+    if not n:
+        return {"accuracy": 0.0, "macro_f1": 0.0, "n": 0, "per_class": {}, "confusion_matrix": []}
+    report = classification_report(labels, predicted, labels=classes, target_names=LABELS, output_dict=True, zero_division=0)
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=range(len(LABELS)), zero_division=0)),
-        "n": int(len(labels)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=classes, zero_division=0)),
+        "n": n,
         "per_class": {name: {k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")} for name in LABELS},
-        "confusion_matrix": confusion_matrix(labels, predicted, labels=range(len(LABELS))).tolist(),
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
     }
+
+
+def evaluate(predictor: "Predictor", texts: list[str], labels: np.ndarray) -> dict:
+    return classification_metrics(labels, predictor.scores(texts).argmax(-1).numpy())
 
 
 def format_table(results: dict) -> str:

@@ -1,24 +1,18 @@
-"""Optimiser, schedule, loss and the per-batch steps: plain PyTorch, shared by Ray Train, the plain-loop
-benchmark and the GPU check (which runs where Ray is not installed)."""
+"""The training loop in plain PyTorch, no Ray: optimiser, schedule, loss, weight average, one epoch, evaluation.
+Ray Train's workers and the plain-loop benchmark run the same `Learner`."""
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
 
-import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
-from transformers import get_scheduler
+from transformers import get_linear_schedule_with_warmup
 
-from sam import LABELS
 from sam.config import TrainConfig
-
-
-def class_weights(labels: np.ndarray) -> list[float]:
-    """Inverse class frequency, normalised so a balanced set gets all ones."""
-    counts = np.bincount(labels, minlength=len(LABELS)).astype(float)
-    return (counts.sum() / (len(LABELS) * np.maximum(counts, 1))).tolist()
+from sam.evaluate import classification_metrics
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -32,24 +26,21 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
-    """Linear warm-up to `lr` over `warmup_steps`, then `schedule` (decaying to zero over `total_steps`)."""
-    name = {"constant": "constant_with_warmup"}.get(config.schedule, config.schedule)
+    """Linear warm-up to `lr` over `warmup_steps`, then linear decay to zero at `total_steps`."""
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 def make_averaged(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
     """An exponential moving average of `model`'s weights, or None when `decay` is 0: small noisy steps leave
     the last weights beside the minimum, their recent average nearer to it.
 
-    Bias-corrected like Adam's moments: torch's plain EMA starts from the first step's weights and still gave
-    them a fifth of the average after two epochs at decay 0.998 (validation accuracy 0.41 after epoch 1)."""
+    Bias-corrected like Adam's moments, so that a short run is not an average with the random initial weights."""
     if not decay:
         return None
 
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        # AveragedModel copies the first step itself and counts it. The step count stays a tensor: reading it
-        # back to Python would make every training step on a GPU wait for the device.
+        # The step count stays a tensor: reading it back to Python would make every GPU step wait for the device.
         step_weight = (1 - decay) / (1 - decay ** (num_averaged + 1))
         for average, weight in zip(averaged, current):
             average.lerp_(weight, step_weight)
@@ -68,29 +59,12 @@ def autocast(device: torch.device, bf16: bool = True):
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """On GPU, pinned host memory lets the copy overlap with compute."""
-    if device.type != "cuda":
+    """Host tensors reach an accelerator through pinned memory, so the copy overlaps compute; tensors already on
+    one (Ray Data's `iter_torch_batches` puts them on the worker's device) are left where they are."""
+    if device.type == "cpu":
         return batch
-    return {name: tensor.pin_memory().to(device, non_blocking=True) for name, tensor in batch.items()}
-
-
-def train_step(model, batch: dict, loss_fn, optimizer, scheduler, grad_clip: float, bf16: bool = True,
-               averaged: torch.optim.swa_utils.AveragedModel | None = None) -> float:
-    """One optimiser step on one padded batch, then the weight average's update if there is one; returns the
-    batch loss."""
-    model.train()
-    device = batch["input_ids"].device
-    with autocast(device, bf16):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = loss_fn(logits.float(), batch["labels"])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
-    if averaged is not None:
-        averaged.update_parameters(model)  # a DDP wrapper's parameters are its module's, in the same order
-    return loss.item()
+    return {name: tensor.pin_memory().to(device, non_blocking=True) if tensor.device.type == "cpu" else tensor
+            for name, tensor in batch.items()}
 
 
 @dataclass
@@ -116,18 +90,104 @@ class Predictions:
         return merged
 
     def metrics(self) -> dict[str, float]:
-        n = len(self.labels)
-        return {
-            "loss": self.loss_sum / max(n, 1),
-            "accuracy": float(accuracy_score(self.labels, self.predicted)) if n else 0.0,
-            "macro_f1": float(f1_score(self.labels, self.predicted, average="macro", labels=range(len(LABELS)), zero_division=0)) if n else 0.0,
-            "n": n,
-        }
+        scores = classification_metrics(self.labels, self.predicted)
+        return {"loss": self.loss_sum / max(scores["n"], 1), "accuracy": scores["accuracy"],
+                "macro_f1": scores["macro_f1"], "n": scores["n"]}
 
 
-@torch.inference_mode()
-def eval_step(model, batch: dict, predictions: Predictions, bf16: bool = True) -> None:
-    model.eval()
-    with autocast(batch["input_ids"].device, bf16):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    predictions.add(logits, batch["labels"])
+@dataclass
+class EpochStats:
+    samples: int = 0
+    steps: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+    data_wait_s: float = 0.0  # the loop sat waiting for its next batch: input-bound when this is large
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+class Learner:
+    """One model's optimiser, schedule, loss and weight average, and the loops over its batches. `model` may be
+    wrapped for DDP; what is evaluated and saved is the plain module or its weight average."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, class_weights: list[float] | None,
+                 device: torch.device, bf16: bool = True):
+        self.model, self.config, self.device, self.bf16 = model, config, device, bf16
+        self.module = model.module if hasattr(model, "module") else model
+        self.optimizer = make_optimizer(model, config)
+        self.scheduler = make_scheduler(self.optimizer, config, total_steps)
+        self.loss_fn = make_loss(config, class_weights, device)
+        self.averaged = make_averaged(self.module, config.ema_decay)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        return self.averaged.module if self.averaged is not None else self.module
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimiser step on one padded batch, then the weight average's update; returns the batch loss."""
+        self.model.train()
+        with autocast(self.device, self.bf16):
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = self.loss_fn(logits.float(), batch["labels"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.module)
+        return loss.item()
+
+    def train_epoch(self, batches: Iterable[dict], after_step: Optional[Callable[[EpochStats], None]] = None) -> EpochStats:
+        stats, started, batches = EpochStats(), time.perf_counter(), iter(batches)
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            stats.data_wait_s += time.perf_counter() - waited
+            if batch is None:
+                break
+            loss = self.step(to_device(batch, self.device))
+            stats.steps += 1
+            stats.samples += len(batch["labels"])
+            stats.loss_sum += loss * len(batch["labels"])
+            if after_step is not None:
+                after_step(stats)
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    @torch.inference_mode()
+    def evaluate(self, batches: Iterable[dict]) -> Predictions:
+        model, predictions = self.evaluated.eval(), Predictions()
+        for batch in batches:
+            batch = to_device(batch, self.device)
+            with autocast(self.device, self.bf16):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            predictions.add(logits, batch["labels"])
+        return predictions
+
+    def state_dict(self) -> dict:
+        """What resuming needs beyond the evaluated weights: optimiser and schedule, and, with a weight average,
+        the raw weights training continues from and the average's step count."""
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.averaged is not None:
+            state.update(weights=self.module.state_dict(), averaged_steps=self.averaged.n_averaged)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """After building from a checkpoint's evaluated weights: the average starts as a copy of them, then the
+        raw weights are put back underneath it."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.averaged is not None:
+            self.module.load_state_dict(state["weights"])
+            self.averaged.n_averaged.copy_(state["averaged_steps"])

@@ -1,15 +1,12 @@
-"""Where a tokenizer comes from: a name or directory, the hub, or WordPiece training on the train texts."""
+"""Where a tokenizer comes from: a pretrained encoder, a name or directory, or WordPiece trained on the train texts."""
 
 from __future__ import annotations
 
-import logging
-import socket
 from typing import Iterable, Sequence
-from urllib.parse import urlparse
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-log = logging.getLogger("sam")
+from sam.config import Config
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = False) -> PreTrainedTokenizerFast:
@@ -35,31 +32,17 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Fal
 
 
 def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(name_or_dir, use_fast=True)
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """huggingface_hub retries an unreachable hub for about 45 s; one quick connect tells us first."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
+        return AutoTokenizer.from_pretrained(name_or_dir, use_fast=True)
+    except (OSError, ValueError) as error:  # not a directory, not in the cache and no network, or not a tokenizer
+        raise ValueError(f"tokenizer {name_or_dir!r}: cannot load ({type(error).__name__}: {error})") from error
 
 
-def resolve_tokenizer(name_or_dir: str, corpus: Sequence[str], vocab_size: int, lowercase: bool = False) -> PreTrainedTokenizerBase:
-    """The named tokenizer (a directory, the local cache, then the hub), or one trained on `corpus` when
-    none of those has it."""
-    try:
-        return AutoTokenizer.from_pretrained(name_or_dir, use_fast=True, local_files_only=not _hub_reachable())
-    except (OSError, ValueError) as error:
-        log.warning(
-            "tokenizer %r unavailable (%s); training a %d-word WordPiece tokenizer on the %d training texts instead",
-            name_or_dir, type(error).__name__, vocab_size, len(corpus),
-        )
-        return train_wordpiece(corpus, vocab_size, lowercase)
+def tokenizer_for(config: Config, train_texts: Sequence[str]) -> PreTrainedTokenizerBase:
+    """A fine-tuned encoder's own tokenizer, else the one named by `tokenizer`, else WordPiece trained on the
+    train texts: the default needs no network, so a run gives the same model on any machine."""
+    if config.data.init:
+        return load_tokenizer(config.data.init)
+    if config.data.tokenizer:
+        return load_tokenizer(config.data.tokenizer)
+    return train_wordpiece(train_texts, config.model.vocab_size, config.model.lowercase)

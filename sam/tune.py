@@ -18,8 +18,10 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from sam import checkpoint
 from sam.config import Config
-from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, export_model, make_trainer, prepare_data
+from sam.data import prepare_data
+from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, make_trainer
 
 log = logging.getLogger("sam")
 
@@ -27,11 +29,9 @@ METRIC, MODE = SELECT_METRIC, SELECT_MODE  # what the foundation keeps and expor
 _BETTER = 1 if MODE == "max" else -1  # METRIC times this grows as trials get better
 SPEC_FILE = "sam_search.json"  # in the experiment directory: what `--resume` and the report need
 RESULTS_FILE, CURVES_FILE = "search_results.json", "learning_curves.png"
-SEARCH_ALGS = ("random", "optuna", "hyperopt")
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
 
-# Every width is a multiple of every head count, so no sampled pair can fail `build_model`; the choice lists
-# (not sample_from) keep the space expressible for Optuna and HyperOpt as well.
+# Every width is a multiple of every head count, so no sampled pair can fail `build_model`.
 D_MODELS, NUM_HEADS = (64, 128, 192, 256), (2, 4, 8)
 
 
@@ -82,7 +82,6 @@ class SearchSpec:
 
     base: dict  # Config.to_dict(); its `epochs` is ASHA's max_t
     num_samples: int
-    fixed: list[str]  # knobs set by hand, left out of the space
 
     @property
     def max_epochs(self) -> int:
@@ -115,34 +114,14 @@ def experiment_path(storage: str, name: str) -> str:
     return f"{storage_root(storage)}/{name}"
 
 
-def max_concurrent_trials(config: Config) -> int:
-    """As many trials as the free CPUs (and GPUs) allow, keeping one CPU free for Ray Data (a starting trial
-    reads its data in CPU tasks); a trial beyond that would only start a Train run that waits for workers."""
-    free = ray.available_resources()
-    per_trial = config.scale.num_workers * config.scale.cpus_per_worker
-    fit = max(1, int((free.get("CPU", 0) - 1) // per_trial))
-    if config.scale.use_gpu:
-        fit = min(fit, max(1, int(free.get("GPU", 0) // config.scale.num_workers)))
+def max_concurrent_trials(config: Config, free: dict[str, float]) -> int:
+    """As many trials as the free CPUs and GPUs hold, keeping one CPU free for Ray Data (a starting trial reads
+    its data in CPU tasks); fractional `gpus_per_worker` packs several trials on one GPU."""
+    scale = config.scale
+    fit = max(1, int((free.get("CPU", 0) - 1) // (scale.num_workers * scale.cpus_per_worker)))
+    if scale.use_gpu:
+        fit = min(fit, max(1, math.floor(free.get("GPU", 0) / (scale.num_workers * scale.gpus_per_worker) + 1e-9)))
     return fit
-
-
-def _search_alg(name: str, seed: int, max_concurrent: int):
-    """Random search by default (seeded: the same search draws the same trials); the model-based searchers
-    only when their package is installed."""
-    if name == "random":  # Tune ignores max_concurrent_trials for a generator instance, so it is given here
-        return tune.search.BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
-    try:
-        if name == "optuna":
-            from ray.tune.search.optuna import OptunaSearch
-
-            return OptunaSearch(seed=seed)
-        if name == "hyperopt":
-            from ray.tune.search.hyperopt import HyperOptSearch
-
-            return HyperOptSearch(random_state_seed=seed)
-    except (ImportError, AssertionError) as error:  # Ray's wrappers assert that the package imports
-        raise ValueError(f"--search-alg {name} needs the {name} package: pip install {name}") from error
-    raise ValueError(f"unknown search algorithm {name!r}; choose from {', '.join(SEARCH_ALGS)}")
 
 
 def _trainable(experiment: str, spec: SearchSpec):
@@ -156,19 +135,18 @@ def _trainable(experiment: str, spec: SearchSpec):
 
 def run_search(
     base: Config, storage: str, name: str, num_samples: int, grace_period: int = 1, reduction_factor: int = 2,
-    search_alg: str = "random", max_concurrent: Optional[int] = None, fixed: tuple[str, ...] = (),
-    space: Optional[dict] = None,
+    max_concurrent: Optional[int] = None, fixed: tuple[str, ...] = (), space: Optional[dict] = None,
 ) -> tuple[tune.ResultGrid, SearchSpec]:
-    """A new search of `space` (default: `search_space`, minus the `fixed` knobs) around `base`."""
+    """A new search of `space` (default: `search_space`, less the `fixed` knobs given by hand) around `base`."""
     experiment = experiment_path(storage, name)
     base = base.with_absolute_paths()
     if space is None:
         space = {k: v for k, v in search_space(bool(base.data.init)).items() if k not in fixed}
-    max_concurrent = max_concurrent or max_concurrent_trials(base)
+    max_concurrent = max_concurrent or max_concurrent_trials(base, ray.available_resources())
     if max_concurrent > 1 and not base.scale.torch_threads:
         # Trials share nodes: each worker computes on the CPUs it reserved, not on all of the node's cores.
         base = base.with_flat(torch_threads=base.scale.cpus_per_worker)
-    spec = SearchSpec(base=base.to_dict(), num_samples=num_samples, fixed=list(fixed))
+    spec = SearchSpec(base=base.to_dict(), num_samples=num_samples)
     _write_spec(experiment, spec)
     tuner = tune.Tuner(
         _trainable(experiment, spec),
@@ -178,8 +156,9 @@ def run_search(
             # time_attr "epoch" (not Tune's iteration count) stays right when a restored trial resumes mid-run.
             scheduler=ASHAScheduler(time_attr="epoch", max_t=base.train.epochs, grace_period=grace_period,
                                     reduction_factor=reduction_factor),
-            search_alg=_search_alg(search_alg, base.train.seed, max_concurrent),
-            max_concurrent_trials=None if search_alg == "random" else max_concurrent,
+            # Seeded: the same search draws the same trials. Tune ignores max_concurrent_trials for a searcher
+            # instance, so the limit is given to the searcher.
+            search_alg=tune.search.BasicVariantGenerator(random_state=base.train.seed, max_concurrent=max_concurrent),
         ),
         run_config=tune.RunConfig(name=name, storage_path=storage_root(storage)),
     )
@@ -278,9 +257,9 @@ def export_best(rows: list[dict], output: str | Path, storage: str, name: str) -
     if best is None:
         raise ValueError("no trial reported a checkpoint; nothing to export")
     filesystem, _ = _filesystem(experiment_path(storage, name))
-    checkpoint, latest = (ray.train.Checkpoint(best[key], filesystem=filesystem) for key in ("checkpoint_path", "latest_checkpoint_path"))
-    metrics = export_model(checkpoint, output, {"trial_id": best["trial_id"], "search": experiment_path(storage, name),
-                                                "search_config": best["config"]}, latest=latest)
+    best_checkpoint, latest = (ray.train.Checkpoint(best[key], filesystem=filesystem) for key in ("checkpoint_path", "latest_checkpoint_path"))
+    metrics = checkpoint.export(best_checkpoint, output, {"trial_id": best["trial_id"], "search": experiment_path(storage, name),
+                                                          "search_config": best["config"]}, latest=latest)
     Path(output, RESULTS_FILE).write_text(json.dumps([{k: v for k, v in row.items() if k != "curve"} | {
         "val_accuracy_by_epoch": [acc for _, acc in row["curve"]]} for row in rows], indent=2, default=str) + "\n")
     plot_curves(rows, Path(output, CURVES_FILE))

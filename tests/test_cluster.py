@@ -35,7 +35,7 @@ def test_every_node_installs_torch_then_the_project_with_pinned_ray(name):
     assert torch < project
     assert f"ray[default,train,tune,serve]=={pinned_ray_version()}" in commands[project]
     assert load(name)["file_mounts"] == {"~/sam": "."}
-    # Ray's workers run where `ray start` ran: there serve_config.yaml's serve_app:app and models/best resolve.
+    # Ray's workers run where `ray start` ran: there serve_config.yaml's serve_app:app and models/latest resolve.
     starts = load(name)["head_start_ray_commands"][-1], load(name)["worker_start_ray_commands"][-1]
     assert all(command.startswith("cd ~/sam && ") for command in starts)
 

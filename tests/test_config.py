@@ -35,3 +35,19 @@ def test_local_paths_become_absolute_and_hub_names_stay(tmp_path, monkeypatch):
     config = Config().with_flat(data="tweets", tokenizer="bert-base-cased").with_absolute_paths()
     assert config.data.data == str(tmp_path / "tweets")
     assert config.data.tokenizer == "bert-base-cased" and config.data.init is None
+
+
+def test_backend_is_gloo_where_nccl_cannot_run():
+    def backend(**scale):
+        return Config().with_flat(**scale).scale.torch_backend
+
+    assert backend() == "gloo"  # CPU
+    assert backend(use_gpu=True) == "nccl"
+    assert backend(use_gpu=True, num_workers=4) == "nccl"  # a GPU each
+    assert backend(use_gpu=True, num_workers=2, gpus_per_worker=0.5) == "gloo"  # NCCL refuses two ranks on one GPU
+    assert backend(use_gpu=True, gpus_per_worker=0.25) == "nccl"  # one worker: no peer to share with
+    assert backend(use_gpu=True, num_workers=2, gpus_per_worker=0.5, backend="nccl") == "nccl"  # the user's choice wins
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Config().with_flat(backend="mpi")
+    with pytest.raises(ValueError, match="gpus_per_worker must be positive"):
+        Config().with_flat(gpus_per_worker=0)

@@ -1,4 +1,7 @@
-from sam.tokenizer import resolve_tokenizer, train_wordpiece
+import pytest
+
+from sam.config import Config
+from sam.tokenizer import tokenizer_for, train_wordpiece
 from tests.conftest import tweet_rows
 
 TEXTS = [row["text"] for row in tweet_rows()]
@@ -14,7 +17,15 @@ def test_wordpiece_is_a_standard_hf_tokenizer(tmp_path):
     assert tokenizer.convert_ids_to_tokens(tokenizer("love")["input_ids"])[0] == "[CLS]"
 
 
-def test_offline_tokenizer_falls_back_to_corpus_wordpiece(caplog):
-    tokenizer = resolve_tokenizer("bert-base-cased", TEXTS, vocab_size=300)  # HF_HUB_OFFLINE=1 in conftest
-    assert len(tokenizer) <= 300
-    assert "training a 300-word WordPiece tokenizer" in caplog.text
+def test_default_tokenizer_is_corpus_wordpiece_without_network(tmp_path):
+    # HF_HUB_OFFLINE=1 (conftest): the default must not need the hub, and must honour vocab_size and lowercase.
+    tokenizer = tokenizer_for(Config().with_flat(vocab_size=120, lowercase=True), TEXTS)
+    assert 100 <= len(tokenizer) <= 120
+    assert tokenizer.tokenize("LOVE") == tokenizer.tokenize("love") == ["love"]
+    tokenizer.save_pretrained(tmp_path)
+    assert len(tokenizer_for(Config().with_flat(tokenizer=str(tmp_path), vocab_size=999), ["unused"])) == len(tokenizer)
+
+
+def test_named_tokenizer_that_cannot_be_had_is_an_error_not_a_silent_fallback():
+    with pytest.raises(ValueError, match="tokenizer 'bert-base-cased': cannot load"):
+        tokenizer_for(Config().with_flat(tokenizer="bert-base-cased"), TEXTS)

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from sam.config import Config
 from sam.predict import Predictor
-from sam.train import train
+from sam.train import scaling_config, train
 from tests.conftest import tiny_config
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tweet_sentiment_extraction"
@@ -20,13 +21,20 @@ def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, twee
     assert metrics["epochs_run"] >= 1 and len(metrics["history"]) == metrics["epochs_run"]
     assert metrics["peak_lr"] == pytest.approx(3e-3)
     assert json.loads((output / "metrics.json").read_text())["val_accuracy"] == metrics["val_accuracy"]
-    assert not (output / "optimizer.pt").exists()  # training state stays in the checkpoints
+    assert {p.name for p in output.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                                                   "sam_config.json", "metrics.json"}  # training state stays in the checkpoints
     model = AutoModelForSequenceClassification.from_pretrained(output)
     tokenizer = AutoTokenizer.from_pretrained(output)
     assert model(**tokenizer(["I love it"], return_tensors="pt", return_token_type_ids=False)).logits.shape == (1, 3)
     prediction = Predictor(output).predict(["I love this song, amazing"])[0]
-    assert prediction["sentiment"] in ("Negative", "Neutral", "Positive")
     assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_fractional_gpus_become_ray_worker_resources():
+    shared = scaling_config(Config().with_flat(use_gpu=True, num_workers=2, gpus_per_worker=0.5, cpus_per_worker=2).scale)
+    assert (shared.num_workers, shared.use_gpu, shared.resources_per_worker) == (2, True, {"CPU": 2, "GPU": 0.5})
+    cpu = scaling_config(Config().scale)
+    assert (cpu.use_gpu, cpu.resources_per_worker) == (False, {"CPU": 1})
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="the real train split is not beside the project")

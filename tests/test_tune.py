@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config, tweet_rows, write_jsonl
 
 from sam.config import Config
-from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, search_space, trial_config
+from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, max_concurrent_trials, search_space, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shape of conftest's tiny model, as command-line options (each one fixed, so out of the space).
@@ -38,6 +38,32 @@ def test_space_keys_are_config_knobs_and_every_shape_is_valid():
             config = trial_config(Config(), {"d_model": d_model, "num_heads": heads})
             assert config.model.d_model % config.model.num_heads == 0
             assert config.model.d_ff == 4 * d_model
+
+
+def test_fractional_gpus_pack_trials_on_one_gpu():
+    one_gpu = {"CPU": 16.0, "GPU": 1.0}
+    for per_worker, trials in ((1.0, 1), (0.5, 2), (0.25, 4)):
+        assert max_concurrent_trials(Config().with_flat(use_gpu=True, gpus_per_worker=per_worker), one_gpu) == trials
+    assert max_concurrent_trials(Config().with_flat(use_gpu=True, num_workers=2, gpus_per_worker=0.25), one_gpu) == 2
+    assert max_concurrent_trials(Config().with_flat(use_gpu=True, gpus_per_worker=0.25), {"CPU": 3.0, "GPU": 1.0}) == 2
+    assert max_concurrent_trials(Config(), {"CPU": 4.0}) == 3  # one CPU left to Ray Data
+
+
+def test_sam_tune_and_tune_search_py_are_one_command():
+    helps = [subprocess.run(command + ["--help"], capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
+             for command in ([sys.executable, "tune/search.py"], [sys.executable, "-m", "sam.cli", "tune"])]
+    assert helps[0] == helps[1]
+    for flag in ("--bf16", "--num-workers", "--gpus-per-worker", "--gpus-per-trial", "--epochs", "--num-samples", "--output"):
+        assert flag in helps[0]
+
+
+def test_search_flags_reach_the_trials_config():
+    from sam.cli import build_parser, search_config
+
+    args = build_parser().parse_args(["tune", "--gpus-per-trial", "0.5", "--num-workers", "2", "--bf16", "false", "--lr", "1e-3"])
+    config = search_config(args)
+    assert (config.scale.use_gpu, config.scale.gpus_per_worker, config.scale.bf16, config.train.lr) == (True, 0.25, False, 1e-3)
+    assert search_config(build_parser().parse_args(["tune"])) == Config()
 
 
 @pytest.fixture
@@ -114,14 +140,14 @@ def _finished_trials(experiment: Path) -> dict[str, int]:
 def test_killed_search_resumes_without_rerunning_finished_trials(many_tweets, tmp_path):
     storage, export = tmp_path / "storage", tmp_path / "best"
     command = [sys.executable, str(ROOT / "tune" / "search.py"), "--storage", str(storage), "--name", "resumable",
-               "--export", str(export)]
+               "--output", str(export)]
     # Its own local Ray (with the dashboard, which Train's placement-group cleaner needs), started from an
     # environment without the RAY_* variables this session's in-process Ray set; Tune saves its state every
     # second so the test sees a finished trial before the search ends.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONBREAKPOINT"}
     env |= {"HF_HUB_OFFLINE": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     first = subprocess.Popen(
-        command + ["--data", str(many_tweets), "--num-samples", "3", "--max-epochs", "2", "--max-concurrent", "1",
+        command + ["--data", str(many_tweets), "--num-samples", "3", "--epochs", "2", "--max-concurrent", "1",
                    *TINY_OPTIONS],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
