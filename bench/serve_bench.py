@@ -1,13 +1,20 @@
-"""Serving throughput: Serve with batching vs without vs a plain FastAPI server vs the raw model.
+"""Serving throughput: batched Ray Serve (candidate) vs a plain FastAPI server (baseline), in interleaved rounds.
 
-    python bench/serve_bench.py --model DIR [--json]
+    python bench/serve_bench.py --model DIR [--quantize] [--concurrency 1,32,128] [--rounds 5] [--json]
+    python bench/serve_bench.py --model DIR --device cuda [--num-gpus 0.5]   # both servers on the same GPU
+    python bench/serve_bench.py --model DIR --device cuda --dry-run          # the plan, nothing started
 
-Closed-loop load (each client sends its next request when the last one is answered) at each concurrency,
-for a fixed time, against 127.0.0.1 only. Prints a table, and with --json the results as JSON on the last line.
+Both servers stay up for the whole run (the plain one in a subprocess, Serve in Ray). At each concurrency,
+closed-loop clients (each sends its next request when the last one is answered) load Serve and the plain
+server in turn for `--rounds` rounds of `--duration` seconds, against 127.0.0.1 only: this machine drifts by
+10 % and more within minutes, so the verdict is the median Serve / plain ratio and its range, not one run.
+The raw model at batch 1 and at the largest batch bounds what batching can gain. Prints a table, then JSON on
+the last line (only the JSON with --json).
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -19,16 +26,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from steal import cpu_times, steal_percent  # noqa: E402  (bench/ is on the path as the script's folder)
-DATA = ROOT.parent / "shared/data/tweet_sentiment_extraction/train.jsonl"
-FALLBACK_TEXTS = ["I love this!", "worst day ever", "going to the store later", "so happy for you", "meh, it was ok"]
+from rounds import interleaved, summary  # noqa: E402  (bench/ is on the path as the script's folder)
+from steal import cpu_times, steal_percent  # noqa: E402
+
+DATA = ROOT.parent / "shared/data/tweet_sentiment_extraction"
+TEXTS = 2000
+HEADLINE_CLIENTS = 32  # the level whose ratios head the JSON when swept (else the first level)
+GPU_RAW_BATCH = 256  # a GPU only shows its batch throughput at sizes a CPU could not afford
+FAST_MODE_ENV = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
 
 
-def load_texts(path: Path, limit: int = 2000) -> list[str]:
-    if not path.is_file():
-        return FALLBACK_TEXTS
-    rows = (json.loads(line) for line in path.open())
-    return [r["text"] for r, _ in zip((r for r in rows if str(r.get("text", "")).strip()), range(limit))]
+def load_texts(data: Path, limit: int = TEXTS) -> list[str]:
+    """The first `limit` valid tweets, read by the project's own reader (Ray Data: call after ray.init)."""
+    from sam.data import load_frame
+
+    frame, _ = load_frame(str(data), "train", limit=limit)
+    return frame["text"].tolist()
 
 
 def free_port() -> int:
@@ -80,9 +93,8 @@ def load(port: int, texts: list[str], concurrency: int, duration_s: float, warmu
     latencies, errors, elapsed = asyncio.run(run(duration_s))
     ordered = sorted(latencies) or [float("nan")]
     return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
         "req_per_s": round(len(latencies) / elapsed, 1),
+        "requests": len(latencies),
         "p50_ms": round(1000 * ordered[len(ordered) // 2], 1),
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
         "errors": len(errors),
@@ -105,22 +117,22 @@ def wait_ready(port: int, timeout_s: float = 120) -> None:
     raise TimeoutError(f"no /healthz on port {port} after {timeout_s} s")
 
 
-def plain_server(model: str, port: int, threads: int, quantize: bool) -> None:
+def plain_server(model: str, port: int, threads: int, device: str, quantize: bool) -> None:
     """The baseline: FastAPI + uvicorn, one process, one request at a time through the same Predictor."""
     import torch
     import uvicorn
     from fastapi import FastAPI
 
     from sam.predict import Predictor
-    from sam.serve import PredictRequest
+    from sam.serve import PredictRequest, SingleRequest
 
     torch.set_num_threads(threads)
-    predictor = Predictor(model, quantize=quantize)
+    predictor = Predictor(model, device=device, quantize=quantize)
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(request: PredictRequest) -> dict:  # async: requests run one after another, unbatched
-        if request.text is not None:
+        if isinstance(request, SingleRequest):
             return predictor.predict([request.text])[0]
         return {"predictions": predictor.predict(request.texts)}
 
@@ -131,23 +143,28 @@ def plain_server(model: str, port: int, threads: int, quantize: bool) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def raw_model(model: str, texts: list[str], threads: int, quantize: bool, batch_size: int, seconds: float = 3.0) -> dict:
+def raw_model(args: argparse.Namespace, texts: list[str], seconds: float = 3.0) -> list[dict]:
+    """Texts/s of `Predictor.scores` alone, one call per batch as a Serve batch of that size runs."""
     import torch
 
     from sam.predict import Predictor
 
-    torch.set_num_threads(threads)
-    predictor = Predictor(model, quantize=quantize)
-    predictor.scores(texts[:batch_size])  # warm-up
-    done, start, i, mark = 0, time.perf_counter(), 0, cpu_times()
-    while time.perf_counter() - start < seconds:  # as a Serve batch of this size runs: one `scores` call
-        predictor.scores(texts[i : i + batch_size])
-        done, i = done + batch_size, (i + batch_size) % (len(texts) - batch_size)
-    return {"batch_size": batch_size, "texts_per_s": round(done / (time.perf_counter() - start), 1), "cpu_steal_percent": steal_percent(mark)}
+    torch.set_num_threads(threads(args))
+    predictor = Predictor(args.model, device=args.device, quantize=quantize(args))
+    rows = []
+    for batch_size in raw_batch_sizes(args):
+        predictor.scores(texts[:batch_size])  # warm-up (and CUDA kernels' first launch)
+        done, start, i, mark = 0, time.perf_counter(), 0, cpu_times()
+        while time.perf_counter() - start < seconds:  # `scores` returns on the CPU, so a GPU batch is finished
+            predictor.scores(texts[i : i + batch_size])
+            done, i = done + batch_size, (i + batch_size) % (len(texts) - batch_size)
+        rows.append({"batch_size": batch_size, "texts_per_s": round(done / (time.perf_counter() - start), 1),
+                     "cpu_steal_percent": steal_percent(mark)})
+    return rows
 
 
 def mean_recent_batch(port: int) -> float | None:
-    """The deployment's last 64 batch sizes, from its /model endpoint (None for the plain server)."""
+    """Mean of the deployment's last 64 batch sizes, from its /model endpoint."""
     import urllib.request
 
     try:
@@ -158,102 +175,189 @@ def mean_recent_batch(port: int) -> float | None:
     return round(statistics.mean(sizes), 1) if sizes else None
 
 
-def sweep(name: str, port: int, texts: list[str], args: argparse.Namespace) -> list[dict]:
-    rows = []
-    for concurrency in args.concurrency:
-        row = {"server": name, **load(port, texts, concurrency, args.duration, args.warmup), "mean_batch": mean_recent_batch(port)}
-        print(f"  {name:<16} c={concurrency:<4} {row['req_per_s']:>8} req/s  p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  "
-              f"errors {row['errors']}  mean batch {row['mean_batch']}  CPU steal {row['cpu_steal_percent']} %", flush=True)
-        rows.append(row)
-    return rows
+def threads(args: argparse.Namespace) -> int:
+    return max(1, int(args.num_cpus))
 
 
-def serve_rows(args: argparse.Namespace, texts: list[str]) -> list[dict]:
-    import ray
-    from ray import serve
-
-    from sam.serve import ServeArgs, build_app
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    rows = []
-    try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for name, batch in (("serve_batched", args.max_batch_size), ("serve_unbatched", 1)):
-            # The same queue limit for both, so only batching differs: requests wait in the replica, not in
-            # the proxy's retry backoff.
-            serve.run(build_app(ServeArgs(model_dir=args.model, max_batch_size=batch, batch_wait_timeout_s=args.batch_wait,
-                                          max_ongoing_requests=args.max_ongoing, num_cpus=args.num_cpus,
-                                          quantize=args.quantize)), name="sam")
-            wait_ready(port)
-            rows += sweep(name, port, texts, args)
-            serve.delete("sam")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    return rows
+def quantize(args: argparse.Namespace) -> bool:
+    return args.quantize and args.device == "cpu"  # dynamic int8 is CPU only, as in the deployment
 
 
-def plain_rows(args: argparse.Namespace, texts: list[str]) -> list[dict]:
+def raw_batch_sizes(args: argparse.Namespace) -> list[int]:
+    return sorted({1, args.max_batch_size} | ({GPU_RAW_BATCH} if args.device == "cuda" else set()))
+
+
+def serve_args(args: argparse.Namespace):
+    from sam.serve import ServeArgs
+
+    return ServeArgs(model_dir=args.model, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait,
+                     max_ongoing_requests=args.max_ongoing, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                     quantize=args.quantize)
+
+
+def plain_command(args: argparse.Namespace, port: int) -> list[str]:
+    return [sys.executable, __file__, "--model", args.model, "--plain-server", str(port), "--num-cpus", str(args.num_cpus),
+            "--device", args.device] + ["--quantize"] * quantize(args)
+
+
+@contextlib.contextmanager
+def plain_running(args: argparse.Namespace):
+    """The plain server's port, for as long as the block runs."""
     port = free_port()
-    command = [sys.executable, __file__, "--model", args.model, "--plain-server", str(port), "--num-cpus", str(args.num_cpus)] + ["--quantize"] * args.quantize
-    server = subprocess.Popen(command, cwd=ROOT)
+    server = subprocess.Popen(plain_command(args, port), cwd=ROOT)
     try:
         wait_ready(port)
-        return sweep("fastapi_plain", port, texts, args)
+        yield port
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def main() -> None:
+@contextlib.contextmanager
+def serve_running(args: argparse.Namespace):
+    """The batched deployment's port, for as long as the block runs (Ray must be up)."""
+    from ray import serve
+
+    from sam.serve import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(serve_args(args)), name="sam")
+        wait_ready(port)
+        yield port
+    finally:
+        serve.shutdown()
+
+
+def round_line(concurrency: int, index: int, serve: dict, plain: dict, ratio: float | None) -> str:
+    """A round's figures for both servers, as one row under TABLE_HEADER."""
+    errors, steal = f"{serve['errors']}/{plain['errors']}", f"{serve['cpu_steal_percent']}/{plain['cpu_steal_percent']}"
+    return (f"{concurrency:>7} {index + 1:>5} | {serve['req_per_s']:>11} {serve['p50_ms']:>7} {serve['p99_ms']:>7} "
+            f"{serve['mean_batch'] or '':>5} | {plain['req_per_s']:>11} {plain['p50_ms']:>7} {plain['p99_ms']:>7} | "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}x':>6} {errors:>11} {steal:>11}")
+
+
+TABLE_HEADER = (f"{'clients':>7} {'round':>5} | {'Serve req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} | "
+                f"{'plain req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>6} {'errors S/P':>11} {'steal % S/P':>11}")
+
+
+def compare(concurrency: int, serve_port: int, plain_port: int, texts: list[str], args: argparse.Namespace, say) -> dict:
+    """Interleaved rounds at one concurrency; each round keeps both sides' full rows."""
+    rows = {"serve": [], "plain": []}
+
+    def side(name: str, port: int):
+        def run() -> float:
+            row = load(port, texts, concurrency, args.duration, args.warmup)
+            if name == "serve":
+                row["mean_batch"] = mean_recent_batch(port)
+            rows[name].append(row)
+            return row["req_per_s"]
+        return run
+
+    result = interleaved(side("serve", serve_port), side("plain", plain_port), args.rounds,
+                         on_round=lambda i, r: say(round_line(concurrency, i, rows["serve"][i], rows["plain"][i], r["ratio"]), flush=True))
+    rounds = [{"ratio": r, "serve": s, "plain": p} for r, s, p in zip(result["ratios"], rows["serve"], rows["plain"])]
+    return {"concurrency": concurrency, **{k: v for k, v in result.items() if k != "rounds"}, "rounds": rounds}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model directory")
-    parser.add_argument("--data", type=Path, default=DATA, help="jsonl with a text field (default: the shared tweets)")
-    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 32, 128])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per concurrency level")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first")
+    parser.add_argument("--data", type=Path, default=DATA, help=f"tweets for sam.data.load_frame, first {TEXTS} valid ones (default: the shared set)")
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=None,
+                        help="comma list of client counts, rounds at each (default 32 on CPU, 1,32,128 on a GPU)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved Serve/plain rounds per concurrency")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per side and round")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each measurement")
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-ongoing", type=int, default=256, help="max_ongoing_requests per replica")
+    parser.add_argument("--max-ongoing", type=int, default=256, help="max_ongoing_requests of the replica")
     parser.add_argument("--batch-wait", type=float, default=0.005, help="batch_wait_timeout_s")
-    parser.add_argument("--num-cpus", type=float, default=1, help="CPUs (and torch threads) per replica and for the plain server")
-    parser.add_argument("--quantize", action="store_true", help="dynamic int8 in the Serve replicas and the plain server")
-    parser.add_argument("--only", default="serve,plain,raw", help="comma list of parts to run")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
+    parser.add_argument("--num-cpus", type=float, default=1, help="CPUs (and torch threads) for the replica and the plain server")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="where both servers and the raw model run (default: cuda when there is one)")
+    parser.add_argument("--num-gpus", type=float, default=None, help="the replica's GPU share (default 1 on cuda, 0 on cpu)")
+    parser.add_argument("--quantize", action="store_true", help="dynamic int8 in the replica, the plain server and the raw model (CPU only)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan as JSON and start nothing")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--plain-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if (args.num_gpus or 0) > 0 or torch.cuda.is_available() else "cpu"
+    if args.num_gpus is None:
+        args.num_gpus = 1.0 if args.device == "cuda" else 0.0
+    if (args.device == "cuda") != (args.num_gpus > 0):  # else the replica and the plain server sit on different devices
+        parser.error(f"--device {args.device} with --num-gpus {args.num_gpus}: both servers must share a device, and the replica runs on a GPU exactly when --num-gpus > 0")
+    if args.concurrency is None:
+        args.concurrency = [1, 32, 128] if args.device == "cuda" else [HEADLINE_CLIENTS]
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def plan(args: argparse.Namespace) -> dict:
+    return {"device": args.device, "num_gpus": args.num_gpus, "quantize": quantize(args), "concurrency": args.concurrency,
+            "rounds": args.rounds, "duration_s": args.duration, "raw_batch_sizes": raw_batch_sizes(args),
+            "serve": serve_args(args).model_dump(), "plain_server": plain_command(args, 0)}
+
+
+def main() -> None:
+    args = parse_args()
     if args.plain_server is not None:
-        return plain_server(args.model, args.plain_server, max(1, int(args.num_cpus)), args.quantize)
+        return plain_server(args.model, args.plain_server, threads(args), args.device, quantize(args))
+    if args.dry_run:
+        return print(json.dumps(plan(args)))
+    if args.device == "cuda":
+        import torch
 
-    texts = load_texts(args.data)
-    parts = set(args.only.split(","))
-    modes = {k: os.environ[k] for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED") if k in os.environ}
-    print(f"{len(texts)} texts, {os.cpu_count()} CPUs, model {args.model}, serve env {modes or 'default'}", flush=True)
-    # Ray-free parts first: processes of a Ray instance that has just shut down would still take CPU from them.
-    plain = plain_rows(args, texts) if "plain" in parts else []
-    # Batch 1 too: the raw model's batch-32 rate over its one-at-a-time rate is the most batching can gain.
-    raw = [raw_model(args.model, texts, max(1, int(args.num_cpus)), args.quantize, size) for size in (1, 32)] if "raw" in parts else []
-    rows = (serve_rows(args, texts) if "serve" in parts else []) + plain
+        if not torch.cuda.is_available():
+            sys.exit("serve_bench: --device cuda, but torch sees no CUDA device")
+    say = (lambda *a, **k: None) if args.json else print
+    modes = {k: os.environ[k] for k in FAST_MODE_ENV if k in os.environ}
 
-    print(f"\n{'server':<16} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'batch':>6} {'steal %':>8}")
-    for row in rows:
-        print(f"{row['server']:<16} {row['concurrency']:>7} {row['req_per_s']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['errors']:>6} "
-              f"{row['mean_batch'] or '':>6} {row['cpu_steal_percent']!s:>8}")
-    for limit in raw:
-        print(f"raw model, batch {limit['batch_size']}: {limit['texts_per_s']} texts/s (CPU steal {limit['cpu_steal_percent']} %)")
-    if raw:
-        print(f"batching can gain at most {raw[1]['texts_per_s'] / raw[0]['texts_per_s']:.2f}x over one text at a time (raw batch 32 / batch 1)")
-    by = {(r["server"], r["concurrency"]): r["req_per_s"] for r in rows}
-    speedup = share_of_limit = None
-    if ("serve_batched", 32) in by and by.get(("fastapi_plain", 32)):
-        speedup = round(by[("serve_batched", 32)] / by[("fastapi_plain", 32)], 2)
-        print(f"batched Serve / plain FastAPI at 32 clients: {speedup}x")
-    if ("serve_batched", 32) in by and raw:
-        share_of_limit = round(by[("serve_batched", 32)] / raw[1]["texts_per_s"], 2)
-        print(f"batched Serve at 32 clients / raw model at batch 32: {share_of_limit:.0%}")
-    if args.json:
-        print(json.dumps({"env": modes, "num_cpus": args.num_cpus, "quantize": args.quantize, "rows": rows, "raw_model": raw,
-                          "speedup_at_32": speedup, "share_of_raw_limit_at_32": share_of_limit}))
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        texts = load_texts(args.data)
+        say(f"{len(texts)} texts, {os.cpu_count()} CPUs, device {args.device}, model {args.model}, serve env {modes or 'default'}", flush=True)
+        raw = raw_model(args, texts)  # before the servers start, so they take nothing from it
+        with plain_running(args) as plain_port, serve_running(args) as serve_port:
+            say(TABLE_HEADER, flush=True)
+            mark = cpu_times()
+            levels = [compare(c, serve_port, plain_port, texts, args, say) for c in args.concurrency]
+            steal = steal_percent(mark)
+    finally:
+        ray.shutdown()
+
+    headline = next((level for level in levels if level["concurrency"] == HEADLINE_CLIENTS), levels[0])
+    by_size = {r["batch_size"]: r["texts_per_s"] for r in raw}
+    ceiling = round(by_size[args.max_batch_size] / by_size[1], 2)
+    serve_median = statistics.median(r["serve"]["req_per_s"] for r in headline["rounds"])
+    share_of_raw = round(serve_median / by_size[args.max_batch_size], 2)
+    say(f"\n{TABLE_HEADER}")
+    for level in levels:
+        for i, r in enumerate(level["rounds"]):
+            say(round_line(level["concurrency"], i, r["serve"], r["plain"], r["ratio"]))
+    for level in levels:
+        say(f"{level['concurrency']:>4} clients: {summary(level, 'batched Serve', 'plain FastAPI')}")
+    for row in raw:
+        say(f"raw model on {args.device}, batch {row['batch_size']:>3}: {row['texts_per_s']:>8} texts/s "
+            f"({row['texts_per_s'] / by_size[1]:.2f}x batch 1, CPU steal {row['cpu_steal_percent']} %)")
+    say(f"batching can gain at most {ceiling}x (raw batch {args.max_batch_size} / batch 1); batched Serve at "
+        f"{headline['concurrency']} clients (median) reaches {share_of_raw:.0%} of raw batch {args.max_batch_size}; CPU steal {steal} %")
+    print(json.dumps({
+        "env": modes, "device": args.device, "num_gpus": args.num_gpus, "num_cpus": args.num_cpus, "quantize": quantize(args),
+        "rounds": args.rounds, "duration_s": args.duration, "concurrency": headline["concurrency"],
+        "ratios": headline["ratios"], "median_ratio": headline["median_ratio"],
+        "min_ratio": headline["min_ratio"], "max_ratio": headline["max_ratio"],
+        "serve_req_per_s": [r["serve"]["req_per_s"] for r in headline["rounds"]],
+        "plain_req_per_s": [r["plain"]["req_per_s"] for r in headline["rounds"]],
+        "errors": {side: sum(r[side]["errors"] for level in levels for r in level["rounds"]) for side in ("serve", "plain")},
+        "levels": levels, "raw_model": raw, "batching_ceiling": ceiling, "share_of_raw_limit": share_of_raw,
+        "cpu_steal_percent": steal,
+    }))
 
 
 if __name__ == "__main__":
