@@ -14,10 +14,12 @@ import json
 import os
 import tempfile
 
+import numpy as np
 import ray
 import torch
 
 from rounds import format_rounds, interleaved
+from sam import LABELS
 from sam.batching import training_batches
 from sam.config import Config
 from sam.data import class_weights, train_and_validation
@@ -33,7 +35,7 @@ def plain_samples_per_s(config: Config, texts: list[str], labels, tokenizer) -> 
     """What a user would write without Ray: tokenize everything, then loop over the same batches."""
     torch.manual_seed(config.train.seed)
     learner = Learner(build_model(config.model, tokenizer), config.train, steps_per_epoch(config, len(texts)),
-                      class_weights(labels), torch.device("cpu"))
+                      class_weights(np.bincount(labels, minlength=len(LABELS))), torch.device("cpu"))
     window = config.train.batch_size * config.train.bucket_batches
 
     def batches():
@@ -55,7 +57,7 @@ def main() -> None:
     threads = os.cpu_count() or 1
     config = Config().with_flat(data=args.data, limit_train=args.limit_train, epochs=1, torch_threads=threads)
     ray.init(include_dashboard=False, log_to_driver=False)
-    train_rows, _, _ = train_and_validation(config)
+    train_rows = train_and_validation(config).train.to_pandas()  # the same rows the Ray side trains on, in memory
     tokenizer = tokenizer_for(config, train_rows["text"].tolist())
     texts, labels = train_rows["text"].tolist(), train_rows["label"].to_numpy()
     torch.set_num_threads(threads)

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from sam.config import DEFAULT_MODEL_DIR, Config, add_config_arguments, config_from_args
 
@@ -68,19 +69,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scoring_args(args: argparse.Namespace) -> dict:
+    return {"actors": args.actors, "gpus_per_actor": args.gpus_per_actor, "quantize": args.quantize}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sam.evaluate import evaluate, format_table, plot_confusion
-    from sam.predict import Predictor
+    from sam.data import read_rows, summarize, train_and_validation, valid_only
+    from sam.evaluate import format_table, metrics_from_confusion, plot_confusion
+    from sam.predict import Predictor, confusion, score_rows
 
-    predictor = Predictor(args.model, quantize=args.quantize)  # checks the directory before Ray starts
-    from sam.data import load_frame, train_and_validation
-
+    Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
     _init_ray()
     if args.split == VALIDATION:  # the model's own split settings, over the data given here
-        _, frame, report = train_and_validation(predictor.config.with_flat(data=args.data))
+        split = train_and_validation(Config.load(args.model).with_flat(data=args.data))
+        rows, report = split.val, split.report
     else:
-        frame, report = load_frame(args.data, args.split)
-    results = evaluate(predictor, frame["text"].tolist(), frame["label"].to_numpy())
+        rows = read_rows(args.data, args.split)
+        report, _ = summarize(rows, args.data, seed=0)
+        rows = valid_only(rows)
+    results = metrics_from_confusion(confusion(score_rows(rows, args.model, **_scoring_args(args))))
     results["dropped_rows"] = dict(report.dropped)
     print(format_table(results))
     if args.plot:
@@ -92,6 +99,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.data:
+        return predict_dataset(args)
     from sam.predict import Predictor
 
     predictor = Predictor(args.model)
@@ -102,17 +111,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_dataset(args: argparse.Namespace) -> int:
+    """Batch scoring as a Ray Data job: predictions to OUTPUT/predictions, unusable rows to OUTPUT/rejects."""
+    from sam.data import dropped_only, read_rows, summarize, valid_only
+    from sam.predict import Predictor, score_rows
+
+    if not args.output:
+        raise ValueError("--data needs --output, the directory to write the predictions to")
+    Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
+    _init_ray()
+    rows = read_rows(args.data, args.split, require_label=False)
+    report, _ = summarize(rows, args.data, seed=0)
+    scored = score_rows(valid_only(rows), args.model, **_scoring_args(args)).drop_columns(["true_label"])
+    output = Path(args.output).resolve()
+    write = {"parquet": lambda ds, path: ds.write_parquet(path), "jsonl": lambda ds, path: ds.write_json(path)}[args.format]
+    write(scored, str(output / "predictions"))
+    if report.dropped:
+        dropped_only(rows).select_columns(["where", "problem", "id", "text"]).write_json(str(output / "rejects"))
+    print(json.dumps({"predictions": str(output / "predictions"), "rows": report.kept,
+                      "rejects": str(output / "rejects") if report.dropped else None, "rejected": dict(report.dropped)}))
+    return 0
+
+
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from sam.data import load_frame
+    from sam.data import read_rows, summarize, text_sample, valid_only
     from sam.tokenizer import train_wordpiece
 
     _init_ray()
-    frame, _ = load_frame(args.data, "train")
+    rows = read_rows(args.data, "train")
+    summarize(rows, args.data, seed=0)  # the data report, and an error naming a source without valid rows
     model = config_from_args(args).model
-    tokenizer = train_wordpiece(frame["text"].tolist(), model.vocab_size, lowercase=model.lowercase)
+    tokenizer = train_wordpiece(text_sample(valid_only(rows)), model.vocab_size, lowercase=model.lowercase)
     tokenizer.save_pretrained(args.output)
-    print(f"{len(tokenizer)}-word WordPiece tokenizer from {len(frame)} texts written to {args.output}")
+    print(f"{len(tokenizer)}-word WordPiece tokenizer written to {args.output}")
     return 0
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--actors", type=int, default=1, help="model replicas scoring in parallel, one CPU (or --gpus-per-actor) each (default: 1)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per replica; a fraction packs several on one GPU (default: 0, CPU)")
+    parser.add_argument("--quantize", action="store_true", help="dynamic int8 on CPU, as Serve's quantize=true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,14 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test",
                           help=f"split to read from a directory or the hub (default: test); '{VALIDATION}' re-carves "
                                "the model's own validation rows from the train split, with its saved fraction and seed")
-    evaluate.add_argument("--quantize", action="store_true", help="evaluate the dynamic int8 model that Serve's quantize=true serves")
+    add_scoring_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
     evaluate.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix as a picture")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="one JSON line per text (texts from arguments or stdin lines)")
+    predict = commands.add_parser(
+        "predict", help="texts from arguments or stdin: one JSON line each; --data: a Ray Data batch job to --output",
+        description="With --data, every row of a file, directory of shards, glob or URI is scored by a pool of model "
+                    "actors and written to OUTPUT/predictions (text, id, sentiment, label, confidence, scores); rows "
+                    "without a usable text go to OUTPUT/rejects with their file, line and reason.")
     predict.add_argument("--model", default=DEFAULT_MODEL_DIR, help=f"model directory (default: {DEFAULT_MODEL_DIR})")
     predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("--data", default=None, help="score a data set instead: file, directory of shards, glob, URI or hub name")
+    predict.add_argument("--split", default="train", help="split to read from a directory or the hub (default: train)")
+    predict.add_argument("--output", default=None, help="directory for predictions/ and rejects/ (with --data)")
+    predict.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="predictions file format (default: parquet)")
+    add_scoring_arguments(predict)
     predict.set_defaults(run=cmd_predict)
 
     tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="action", required=True)

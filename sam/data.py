@@ -1,18 +1,25 @@
-"""Ray Data: read tweets from the hub or local files, validate rows, split, tokenize in parallel."""
+"""Ray Data: read tweets from the hub or files (one, a directory of shards, a glob, a URI), validate rows, split
+train/validation by a seeded hash, tokenize in parallel. The corpus never lands on the driver: it sees only
+per-block summaries and a bounded sample for the tokenizer."""
 
 from __future__ import annotations
 
+import fnmatch
+import gzip
+import hashlib
+import io
 import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs
 import ray
 import ray.data
-from sklearn.model_selection import train_test_split
 
 from sam import LABELS
 from sam.config import Config
@@ -20,8 +27,15 @@ from sam.encoding import MAX_TEXT_CHARS, encode_rows
 
 log = logging.getLogger("sam")
 
-FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+JSON_LINES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+FORMATS = (*JSON_LINES, ".parquet", ".csv", ".csv.gz")
 LABEL_NAMES = {name.lower(): i for i, name in enumerate(LABELS)}
+# Data tasks reserve no CPU: they are light next to a training step, and a task waiting for a free CPU hangs the
+# run forever once the training workers hold them all (2 workers on a 2-CPU machine). At most this many run at once.
+DATA_TASKS = 2
+SPLIT_BINS = 4096  # resolution of the per-class split thresholds: one bin is 1/4096 of a class's rows
+TOKENIZER_SAMPLE = 200_000  # texts the corpus WordPiece learns from, at most
+EXAMPLES = 5  # dropped rows named by file and line in the report
 
 
 class DataError(ValueError):
@@ -66,44 +80,54 @@ def _label_of(label, label_text) -> int | str:
     return "missing label"
 
 
-def _check_row(text, label, label_text) -> tuple[str, int, str]:
-    """(text, label, problem): problem is empty for a usable row."""
+def _check_row(text, label, label_text, require_label: bool) -> tuple[str, int, str]:
+    """(text, label, problem): problem is empty for a usable row; label is -1 where there is none. A bad row keeps
+    its text, if it has one, for the rejects file."""
     if not isinstance(text, str):
         return "", -1, "missing text"
     if not text.strip():
-        return "", -1, "blank text"
+        return text, -1, "blank text"
     if len(text) > MAX_TEXT_CHARS:
-        return "", -1, f"text over {MAX_TEXT_CHARS} characters"
+        return text, -1, f"text over {MAX_TEXT_CHARS} characters"
     checked = _label_of(label, label_text)
     if isinstance(checked, str):
-        return "", -1, checked
+        return (text, -1, checked) if require_label else (text, -1, "")
     return text, checked, ""
 
 
-def validate_batch(batch: pd.DataFrame) -> pd.DataFrame:
-    """Normalises any source's columns to text, label, problem, where (file:row)."""
+def validate_batch(batch: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
+    """Normalises any source's columns to text, label, id, problem (empty when usable) and where (file:line)."""
     n = len(batch)
-    texts = batch["text"] if "text" in batch else pd.Series([None] * n)
-    labels = batch["label"] if "label" in batch else pd.Series([None] * n)
-    label_texts = batch["label_text"] if "label_text" in batch else pd.Series([None] * n)
-    checked = [_check_row(t, l, lt) for t, l, lt in zip(texts, labels, label_texts)]
-    where = batch["where"] if "where" in batch else pd.Series([""] * n)
+
+    def column(name, default=None) -> pd.Series:
+        return batch[name] if name in batch else pd.Series([default] * n)
+
+    checked = [_check_row(t, l, lt, require_label) for t, l, lt in zip(column("text"), column("label"), column("label_text"))]
+    problems = [c[2] for c in checked]
+    if "problem" in batch:  # a line that did not parse keeps the parser's reason
+        problems = [parsed or checked for parsed, checked in zip(batch["problem"].astype(str), problems)]
     return pd.DataFrame({
         "text": [c[0] for c in checked],
         "label": np.array([c[1] for c in checked], dtype=np.int64),
-        "problem": [c[2] for c in checked],
-        "where": list(where),
+        "id": ["" if _missing(i) else str(i) for i in column("id")],
+        "problem": problems,
+        "where": [str(w) for w in column("where", "")],
     })
 
 
-def _parse_jsonl(file: dict) -> list[dict]:
+def _parse_json_lines(file: dict) -> list[dict]:
     """One record per line; lines that are not UTF-8 or not a JSON object become rows with a problem."""
-    name = Path(file["path"]).name
+    name, data = Path(file["path"]).name, file["bytes"]
+    if data[:2] == b"\x1f\x8b":  # Ray decompresses by file extension; a gzip stream under another name is read here
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            return [{"text": None, "label": None, "label_text": None, "id": None, "where": name, "problem": "unreadable gzip"}]
     rows = []
-    for number, raw in enumerate(file["bytes"].splitlines(), start=1):
+    for number, raw in enumerate(data.splitlines(), start=1):
         if not raw.strip():
             continue
-        row = {"text": None, "label": None, "label_text": None, "where": f"{name}:{number}", "problem": ""}
+        row = {"text": None, "label": None, "label_text": None, "id": None, "where": f"{name}:{number}", "problem": ""}
         try:
             record = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -112,120 +136,233 @@ def _parse_jsonl(file: dict) -> list[dict]:
             row["problem"] = "not JSON"
         else:
             if isinstance(record, dict):
-                row.update(text=record.get("text"), label=record.get("label"), label_text=record.get("label_text"))
+                row.update({key: record.get(key) for key in ("text", "label", "label_text", "id")})
             else:
                 row["problem"] = "not a JSON object"
-        for key in ("label", "label_text"):  # mixed types would break Arrow's column inference
+        for key in ("label", "label_text", "id"):  # mixed types would break Arrow's column inference
             row[key] = None if row[key] is None else str(row[key])
+        if row["text"] is not None and not isinstance(row["text"], str):
+            row["text"] = None
         rows.append(row)
     return rows
 
 
-def _validate_parsed(batch: pd.DataFrame) -> pd.DataFrame:
-    checked = validate_batch(batch)
-    parse_problem = batch["problem"].astype(str) != ""
-    checked.loc[parse_problem, "problem"] = batch.loc[parse_problem, "problem"].values
-    return checked
+def _format_of(path: str) -> Optional[str]:
+    lowered = path.lower()
+    return next((suffix for suffix in sorted(FORMATS, key=len, reverse=True) if lowered.endswith(suffix)), None)
 
 
-def _resolve_files(source: str, split: str) -> list[Path] | None:
-    """Local files for `source` (a file, or a directory holding `<split>.<format>`), None for a hub name."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        matches = [path / f"{split}{suffix}" for suffix in FORMATS if (path / f"{split}{suffix}").is_file()]
-        if not matches:
-            raise DataError(f"{path}: no {split}.jsonl, {split}.parquet or {split}.csv in this directory")
-        return matches[:1]
-    if path.is_absolute() or source.startswith(".") or source.count("/") != 1:
+def _is_hub_name(source: str) -> bool:
+    return "://" not in source and not Path(source).expanduser().exists() and not any(c in source for c in "*?[") \
+        and not source.startswith((".", "/", "~")) and source.count("/") == 1
+
+
+def list_files(source: str, split: str = "train") -> tuple[pyarrow.fs.FileSystem, list[str]]:
+    """The data files of `source`: a file; a directory holding `<split>.<format>`, else a `<split>/` folder of
+    shards, else (for the train split) every data file under it; a glob; any of these as a URI that pyarrow's
+    filesystems read (s3://, gs://, ...)."""
+    pattern = source if any(c in source for c in "*?[") else None
+    base = source.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0] if pattern else source
+    if "://" not in base:
+        base = str(Path(base or ".").expanduser().resolve())
+        pattern = pattern and str(Path(pattern).expanduser().absolute())
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(base) if "://" in base else (pyarrow.fs.LocalFileSystem(), base)
+        info = filesystem.get_file_info(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as error:
+        raise DataError(f"{source}: cannot open ({error})") from error
+    if info.type == pyarrow.fs.FileType.NotFound:
         raise DataError(f"{source}: no such file or directory")
-    return None
+    if info.type == pyarrow.fs.FileType.File:
+        return filesystem, [path]
+
+    def data_files(directory: str) -> list[str]:
+        found = filesystem.get_file_info(pyarrow.fs.FileSelector(directory, recursive=True))
+        return sorted(f.path for f in found if f.type == pyarrow.fs.FileType.File and _format_of(f.path)
+                      and not Path(f.path).name.startswith((".", "_")))
+
+    everything = data_files(path)
+    if pattern:
+        prefix = "" if "://" not in source else source.split("://", 1)[0] + "://"
+        files = [f for f in everything if fnmatch.fnmatch(prefix + f if prefix else f, pattern)]
+    else:
+        files = [f for f in everything if Path(f).parent.as_posix() == Path(path).as_posix() and Path(f).name.startswith(split + ".")] \
+            or [f for f in everything if f"/{split}/" in f[len(path):] + "/"] \
+            or ([f for f in everything if not Path(f).name.startswith(("test.", "validation."))] if split == "train" else [])
+    if not files:
+        raise DataError(f"{source}: no {split} data files ({', '.join(FORMATS)}) there")
+    return filesystem, files
 
 
-def read_rows(source: str, split: str = "train") -> ray.data.Dataset:
-    """A Ray Dataset of validated rows (text, label, problem, where) from a local path or a hub name."""
-    files = _resolve_files(source, split)
-    if files is None:
+def read_rows(source: str, split: str = "train", require_label: bool = True) -> ray.data.Dataset:
+    """Validated rows (text, label, id, problem, where) from files or a hub name, lazily: nothing is read yet."""
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch per worker drowns the log
+    if _is_hub_name(source):
         import datasets
 
         try:
             hub = datasets.load_dataset(source, split=split)
         except Exception as error:  # the hub raises many kinds; the user needs the source and the reason
             raise DataError(f"{source}: cannot load split {split!r} from the hub ({error})") from error
-        return ray.data.from_huggingface(hub).map_batches(validate_batch, batch_format="pandas")
-    file = files[0]
-    suffix = file.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        parsed = ray.data.read_binary_files(str(file), include_paths=True).flat_map(_parse_jsonl)
-        return parsed.map_batches(_validate_parsed, batch_format="pandas")
-    reader = {".parquet": ray.data.read_parquet, ".csv": ray.data.read_csv}.get(suffix)
-    if reader is None:
-        raise DataError(f"{file}: unsupported format {suffix!r} (use {', '.join(FORMATS)})")
-    return reader(str(file)).map_batches(validate_batch, batch_format="pandas")
+        return ray.data.from_huggingface(hub).map_batches(validate_batch, batch_format="pandas", fn_kwargs={"require_label": require_label})
+    filesystem, files = list_files(source, split)
+    tasks = {"num_cpus": 0, "concurrency": DATA_TASKS}
+    by_format = {name: [f for f in files if _format_of(f) in suffixes]
+                 for name, suffixes in {"json": JSON_LINES, "parquet": (".parquet",), "csv": (".csv", ".csv.gz")}.items()}
+    parts = []
+    if by_format["json"]:
+        raw = ray.data.read_binary_files(by_format["json"], filesystem=filesystem, include_paths=True, **tasks)
+        parts.append(raw.flat_map(_parse_json_lines, **tasks))
+    if by_format["parquet"]:
+        parts.append(ray.data.read_parquet(by_format["parquet"], filesystem=filesystem, include_paths=True, **tasks))
+    if by_format["csv"]:
+        parts.append(ray.data.read_csv(by_format["csv"], filesystem=filesystem, include_paths=True, **tasks))
+    validated = [part.map_batches(_located, batch_format="pandas", fn_kwargs={"require_label": require_label}, **tasks)
+                 for part in parts]
+    return validated[0].union(*validated[1:]) if len(validated) > 1 else validated[0]
 
 
-def load_frame(source: str, split: str = "train", limit: int | None = None) -> tuple[pd.DataFrame, LoadReport]:
-    """Valid rows (text, label) in file order, plus what was dropped and why."""
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+def _located(batch: pd.DataFrame, require_label: bool) -> pd.DataFrame:
+    """Parquet and CSV rows are located by their file; JSON lines already carry file:line."""
+    if "where" not in batch and "path" in batch:
+        batch = batch.assign(where=[Path(p).name for p in batch["path"]])
+    return validate_batch(batch, require_label)
+
+
+def split_key(texts, seed: int) -> np.ndarray:
+    """A stable number in [0, 1) per text: the same text lands on the same side on every run and every worker."""
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{t}".encode(), digest_size=8).digest(), "big") / 2**64
+                     for t in texts])
+
+
+def _block_summary(batch: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """One row per block: its dropped rows by reason (the first few by location) and a histogram of its valid
+    rows by class and split key, from which the driver sets the split without seeing a row."""
+    good, bad = batch[batch["problem"] == ""], batch[batch["problem"] != ""]
+    labelled = good[good["label"] >= 0]  # rows read for scoring may have no label
+    cells = labelled["label"].to_numpy() * SPLIT_BINS + (split_key(labelled["text"], seed) * SPLIT_BINS).astype(np.int64)
+    return pd.DataFrame({"summary": [json.dumps({
+        "kept": len(good),
+        "dropped": Counter(bad["problem"]),
+        "examples": [f"{w} {p}" for w, p in zip(bad["where"][:EXAMPLES], bad["problem"][:EXAMPLES])],
+        "histogram": np.bincount(cells, minlength=len(LABELS) * SPLIT_BINS).tolist(),
+    })]})
+
+
+def _valid_rows(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch[batch["problem"] == ""]
+
+
+def _dropped_rows(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch[batch["problem"] != ""]
+
+
+def valid_only(rows: ray.data.Dataset) -> ray.data.Dataset:
+    return rows.map_batches(_valid_rows, batch_format="pandas", num_cpus=0, concurrency=DATA_TASKS)
+
+
+def dropped_only(rows: ray.data.Dataset) -> ray.data.Dataset:
+    return rows.map_batches(_dropped_rows, batch_format="pandas", num_cpus=0, concurrency=DATA_TASKS)
+
+
+def usable_rows(source: str, split: str = "train", limit: Optional[int] = None) -> ray.data.Dataset:
+    """Every dropped row, and the valid ones (the first `limit` of them when given, in file order)."""
+    rows = read_rows(source, split)
+    if limit is None:
+        return rows
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # "the first N" must mean the same rows
+    return valid_only(rows).limit(limit).union(dropped_only(rows))
+
+
+def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadReport, np.ndarray]:
+    """One pass over the rows: the report, and the labelled valid rows' histogram (classes x SPLIT_BINS)."""
+    report, histogram = LoadReport(source=source), np.zeros((len(LABELS), SPLIT_BINS), dtype=np.int64)
     try:
-        rows = read_rows(source, split).to_pandas()
+        summaries = rows.map_batches(_block_summary, batch_format="pandas", batch_size=None, fn_kwargs={"seed": seed},
+                                     num_cpus=0, concurrency=DATA_TASKS)
+        for row in summaries.iter_rows():
+            part = json.loads(row["summary"])
+            report.kept += part["kept"]
+            report.dropped.update(part["dropped"])
+            report.examples = (report.examples + part["examples"])[:EXAMPLES]
+            histogram += np.asarray(part["histogram"], dtype=np.int64).reshape(len(LABELS), SPLIT_BINS)
     except DataError:
         raise
     except Exception as error:  # Arrow/Ray read errors: name the source, keep the cause
         raise DataError(f"{source}: cannot read ({error})") from error
-    report = LoadReport(source=str(source))
-    bad = rows[rows["problem"] != ""]
-    report.dropped = Counter(bad["problem"])
-    report.examples = [f"{w or 'row ' + str(i)} {p}" for i, w, p in zip(bad.index[:5], bad["where"][:5], bad["problem"][:5])]
-    good = rows[rows["problem"] == ""][["text", "label"]].reset_index(drop=True)
-    if limit is not None:
-        good = good.iloc[:limit]
-    report.kept = len(good)
-    if good.empty:
+    if not report.kept:
         raise DataError(f"{source}: no valid rows ({report})")
     log.info("%s", report)
-    return good, report
+    return report, histogram
 
 
-def split_frame(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seeded, stratified train/validation split (falls back to unstratified when a class is too rare)."""
-    counts = frame["label"].value_counts()
-    stratify = frame["label"] if counts.min() >= 2 and len(frame) * val_fraction >= len(counts) else None
-    train, val = train_test_split(frame, test_size=val_fraction, random_state=seed, stratify=stratify)
-    return train.reset_index(drop=True), val.reset_index(drop=True)
+def split_edges(histogram: np.ndarray, val_fraction: float) -> list[int]:
+    """Per class, the split-key bin below which a row is validation: each class gives `val_fraction` of its rows
+    (to one bin), so every class's share of validation is its share of the data."""
+    edges = []
+    for counts in histogram:
+        target = round(val_fraction * counts.sum())
+        edges.append(0 if target == 0 else int(np.searchsorted(np.cumsum(counts), target)) + 1)
+    return edges
 
 
-def train_and_validation(config: Config) -> tuple[pd.DataFrame, pd.DataFrame, LoadReport]:
-    """The train split's valid rows, split by the config's source, row limit, fraction and seed: given a model's
-    saved config, `sam evaluate --split validation` carves the very rows that model was validated on. The
-    training rows come back in one seeded shuffle; each epoch adds a local shuffle in the workers."""
-    frame, report = load_frame(config.data.data, "train", config.data.limit_train)
-    train, val = split_frame(frame, config.data.val_fraction, config.train.seed)
-    return train.sample(frac=1.0, random_state=config.train.seed).reset_index(drop=True), val, report
+def _one_side(batch: pd.DataFrame, seed: int, edges: list[int], validation: bool) -> pd.DataFrame:
+    good = batch[batch["problem"] == ""]
+    bins = (split_key(good["text"], seed) * SPLIT_BINS).astype(np.int64)
+    in_validation = bins < np.asarray(edges)[good["label"].to_numpy()]
+    return good.loc[in_validation == validation, ["text", "label"]]
 
 
-def class_weights(labels: np.ndarray) -> list[float]:
-    """Inverse class frequency, normalised so a balanced set gets all ones."""
-    counts = np.bincount(labels, minlength=len(LABELS)).astype(float)
+@dataclass
+class Split:
+    train: ray.data.Dataset  # text, label
+    val: ray.data.Dataset
+    report: LoadReport
+    train_counts: np.ndarray  # rows per class
+    val_counts: np.ndarray
+
+
+def train_and_validation(config: Config) -> Split:
+    """The train split's valid rows, split by a seeded hash of each text within its class: given a model's saved
+    config, `sam evaluate --split validation` carves the very rows that model was validated on."""
+    rows = usable_rows(config.data.data, "train", config.data.limit_train)
+    report, histogram = summarize(rows, config.data.data, config.train.seed)
+    edges = split_edges(histogram, config.data.val_fraction)
+    val_counts = np.array([counts[:edge].sum() for counts, edge in zip(histogram, edges)])
+
+    def side(validation: bool) -> ray.data.Dataset:
+        return rows.map_batches(_one_side, batch_format="pandas", num_cpus=0, concurrency=DATA_TASKS,
+                                fn_kwargs={"seed": config.train.seed, "edges": edges, "validation": validation})
+
+    return Split(side(False), side(True), report, histogram.sum(1) - val_counts, val_counts)
+
+
+def text_sample(rows: ray.data.Dataset, limit: int = TOKENIZER_SAMPLE) -> Iterator[str]:
+    """The first `limit` texts, streamed: what the corpus tokenizer learns from, never the whole corpus."""
+    for batch in rows.limit(limit).iter_batches(batch_size=4096, batch_format="pandas"):
+        yield from batch["text"]
+
+
+def load_frame(source: str, split: str = "train", limit: Optional[int] = None) -> tuple[pd.DataFrame, LoadReport]:
+    """Valid rows (text, label) as one pandas frame on the driver, for small sets (benchmarks, tests)."""
+    rows = usable_rows(source, split, limit)
+    report, _ = summarize(rows, source, seed=0)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    frame = valid_only(rows).to_pandas()
+    return frame[["text", "label"]].reset_index(drop=True), report
+
+
+def class_weights(counts: np.ndarray) -> list[float]:
+    """Inverse class frequency from rows per class, normalised so a balanced set gets all ones."""
+    counts = np.asarray(counts, dtype=float)
     return (counts.sum() / (len(LABELS) * np.maximum(counts, 1))).tolist()
 
 
-TOKENIZE_TASKS = 2
-
-
-def to_token_dataset(frame: pd.DataFrame, tokenizer, max_length: int, rows_per_block: int = 2048) -> ray.data.Dataset:
-    """A lazily tokenized Ray Dataset: tokenization streams in parallel tasks as training consumes it.
-
-    The tasks reserve no CPU: tokenizing is a few percent of a training step's work, and a task waiting for a
-    free CPU hangs the run forever once the training workers hold them all (2 workers on a 2-CPU machine, or
-    trials resumed side by side). At most `TOKENIZE_TASKS` run at once, so they cannot swamp the workers."""
-    chunks = [frame.iloc[start : start + rows_per_block] for start in range(0, len(frame), rows_per_block)]
-    return ray.data.from_pandas(chunks).map_batches(
-        # The tasks get the Rust tokenizer inside the transformers one: it unpickles without importing transformers.
-        encode_rows, batch_format="pandas", fn_kwargs={"tokenizer": tokenizer.backend_tokenizer, "max_length": max_length},
-        num_cpus=0, compute=ray.data.TaskPoolStrategy(size=TOKENIZE_TASKS),
-    )
+def tokenize(rows: ray.data.Dataset, tokenizer, max_length: int) -> ray.data.Dataset:
+    """Token ids and labels, computed as training consumes them (the Rust tokenizer travels to the tasks: it
+    unpickles without importing transformers)."""
+    return rows.map_batches(encode_rows, batch_format="pandas", num_cpus=0, concurrency=DATA_TASKS,
+                            fn_kwargs={"tokenizer": tokenizer.backend_tokenizer, "max_length": max_length})
 
 
 @dataclass
@@ -240,19 +377,18 @@ class PreparedData:
 
 
 def prepare_data(config: Config) -> PreparedData:
-    """Read, validate and split on the driver, choose or train the tokenizer; tokenization streams in Ray Data
-    tasks while training consumes it."""
+    """Read, validate, split and tokenize as one lazy Ray Data pipeline; the driver holds only the report, the
+    class counts and the tokenizer (trained on a bounded sample of the training texts)."""
     from sam.tokenizer import tokenizer_for  # here, not at the top: Ray Data's tasks import this module
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch per worker drowns the log
-    train, val, report = train_and_validation(config)
-    tokenizer = tokenizer_for(config, train["text"].tolist())
+    split = train_and_validation(config)
+    tokenizer = tokenizer_for(config, text_sample(split.train))
     return PreparedData(
-        train=to_token_dataset(train, tokenizer, config.model.max_length),
-        val=to_token_dataset(val, tokenizer, config.model.max_length),
+        train=tokenize(split.train, tokenizer, config.model.max_length),
+        val=tokenize(split.val, tokenizer, config.model.max_length),
         tokenizer=tokenizer,
-        class_weights=class_weights(train["label"].to_numpy()),
-        n_train=len(train),
-        n_val=len(val),
-        report=report,
+        class_weights=class_weights(split.train_counts),
+        n_train=int(split.train_counts.sum()),
+        n_val=int(split.val_counts.sum()),
+        report=split.report,
     )

@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from sam import LABELS
 
-if TYPE_CHECKING:
-    from sam.predict import Predictor
 
-
-def classification_metrics(labels: Sequence[int], predicted: Sequence[int]) -> dict:
+def classification_metrics(labels: Sequence[int], predicted: Sequence[int], counts: Optional[Sequence[int]] = None) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix: the one place they are
-    computed, for validation during training and for `sam evaluate`."""
-    n, classes = len(labels), range(len(LABELS))
+    computed, for validation during training and for `sam evaluate`. `counts` weighs each (label, predicted)
+    pair, so a confusion matrix of any size can stand for its rows."""
+    n, classes = int(np.sum(counts) if counts is not None else len(labels)), range(len(LABELS))
     if not n:
         return {"accuracy": 0.0, "macro_f1": 0.0, "n": 0, "per_class": {}, "confusion_matrix": []}
-    report = classification_report(labels, predicted, labels=classes, target_names=LABELS, output_dict=True, zero_division=0)
+    report = classification_report(labels, predicted, labels=classes, target_names=LABELS, output_dict=True,
+                                   zero_division=0, sample_weight=counts)
     return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=classes, zero_division=0)),
+        "accuracy": float(accuracy_score(labels, predicted, sample_weight=counts)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=classes, zero_division=0, sample_weight=counts)),
         "n": n,
         "per_class": {name: {k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")} for name in LABELS},
-        "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=classes, sample_weight=counts).astype(int).tolist(),
     }
 
 
-def evaluate(predictor: "Predictor", texts: list[str], labels: np.ndarray) -> dict:
-    return classification_metrics(labels, predictor.scores(texts).argmax(-1).numpy())
+def metrics_from_confusion(matrix: np.ndarray) -> dict:
+    """`classification_metrics` of the rows a confusion matrix (given label x predicted) counts."""
+    given, predicted = np.indices(matrix.shape)
+    return classification_metrics(given.ravel(), predicted.ravel(), counts=matrix.ravel())
 
 
 def format_table(results: dict) -> str:

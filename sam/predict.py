@@ -1,13 +1,17 @@
-"""A saved model directory as a predictor: text in, sentiment out. Used by `sam predict`, `sam evaluate` and
-Serve, through the same `encode` path as training. Imports no Ray."""
+"""A saved model directory as a predictor: text in, sentiment out, through the same `encode` path as training.
+Serve holds one per replica; offline scoring (`sam predict --data`, `sam evaluate`) runs one per actor of a Ray
+Data actor pool, streaming rows from input to output."""
 
 from __future__ import annotations
 
 import json
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
+import numpy as np
+import pandas as pd
+import ray.data
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -63,8 +67,8 @@ class Predictor:
             model = quantize_linear_layers(model)
         self.quantized = quantize
         self.device = torch.device(device)
-        # Tokens per forward pass: on a CPU thread more rows stop paying around 512 (measured); a GPU wants far
-        # more (its figure is a guess: the old batches of 64 at full length were 8,192).
+        # Tokens per forward pass: on a CPU thread more rows stop paying around 512 (docs/benchmarks.md); a GPU
+        # wants far more (not yet measured).
         self.batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.model = model.to(self.device).eval()
 
@@ -94,3 +98,52 @@ class Predictor:
             }
             for row in self.scores(texts)
         ]
+
+
+class BatchScorer:
+    """Ray Data's scoring step (a callable class, so each actor of the pool loads the model once): a pandas batch
+    of valid rows to their predictions, one output row per input row, in order."""
+
+    def __init__(self, model_dir: str, quantize: bool = False):
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # an actor sees a GPU only when given num_gpus
+        if device == "cpu":
+            torch.set_num_threads(1)  # one thread per actor, each holding one CPU: more would fight the others
+        self.predictor = Predictor(model_dir, device=device, quantize=quantize and device == "cpu")
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        scores = self.predictor.scores(batch["text"].tolist()).numpy()
+        predicted = scores.argmax(1)
+        scored = pd.DataFrame({
+            "sentiment": [LABELS[i] for i in predicted],
+            "label": predicted.astype(np.int64),
+            "confidence": scores.max(1).round(4),
+            "scores": [dict(zip(LABELS, row.round(4).tolist())) for row in scores],
+        })
+        if "label" in batch:  # the given label, where there is one, beside the predicted one
+            scored.insert(0, "true_label", batch["label"].to_numpy())
+        passed = [column for column in ("id", "text") if column in batch]
+        return pd.concat([batch[passed].reset_index(drop=True), scored], axis=1)
+
+
+def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, gpus_per_actor: float = 0.0,
+               quantize: bool = False, batch_size: int = 256) -> ray.data.Dataset:
+    """Valid rows (text; id and label where present) scored by a pool of `actors` model replicas, lazily."""
+    check_model_dir(model_dir)
+    return rows.map_batches(
+        BatchScorer, fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "quantize": quantize},
+        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pandas",
+        num_cpus=0 if gpus_per_actor else 1, num_gpus=gpus_per_actor or None,
+    )
+
+
+def _confusion_of_block(batch: pd.DataFrame) -> pd.DataFrame:
+    cells = batch["true_label"].to_numpy() * len(LABELS) + batch["label"].to_numpy()
+    return pd.DataFrame({"confusion": [np.bincount(cells, minlength=len(LABELS) ** 2).tolist()]})
+
+
+def confusion(scored: ray.data.Dataset) -> np.ndarray:
+    """Rows: given label, columns: predicted; summed from per-block counts, so no row reaches the driver."""
+    total = np.zeros(len(LABELS) ** 2, dtype=np.int64)
+    for row in scored.map_batches(_confusion_of_block, batch_format="pandas", batch_size=None, num_cpus=0).iter_rows():
+        total += np.asarray(row["confusion"], dtype=np.int64)
+    return total.reshape(len(LABELS), len(LABELS))

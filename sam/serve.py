@@ -9,55 +9,141 @@ import asyncio
 import json
 import logging
 import os
+import re
 from collections import deque
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import click
 import ray
 import torch
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag, create_model, field_validator,
+                      model_validator)
 from ray import serve
 from ray.serve import Application
 from ray.serve.metrics import Counter, Histogram
 
 from sam import LABELS
+from sam.config import DEFAULT_MODEL_DIR
 from sam.encoding import MAX_TEXT_CHARS
 from sam.predict import ModelDirError, Predictor, check_model_dir
 
 log = logging.getLogger("ray.serve")
 
-DEFAULT_MODEL_DIR = "models/best"
 MAX_TEXTS = 256  # per request: a bigger list is a bulk job, not a request
 MAX_BODY_BYTES = 1 << 20  # 256 texts of ordinary tweets fit with room to spare
 MAX_HEADER_BYTES = 16 << 10  # as h11 and Node: the proxy (uvicorn with httptools) has no limit of its own
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
+# What `str.strip` removes (every code point `str.isspace` calls whitespace), spelled out: JSON Schema patterns
+# are ECMA-262 regexes, whose `\s` is a different set, so `\S` would let the schema and the app disagree.
+NOT_BLANK = re.compile(r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+EXACTLY_ONE = 'give exactly one of "text" (a string) or "texts" (a list of strings)'
+
+
 def _not_blank(text: str) -> str:
-    if not text.strip():
+    if not NOT_BLANK.search(text):
         raise ValueError("text is blank")
     return text
 
 
-Text = Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)]
+Text = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description=f"A tweet: 1 to {MAX_TEXT_CHARS} characters, not all whitespace (unpaired surrogates are not text)",
+        json_schema_extra={"pattern": NOT_BLANK.pattern},  # the blank rule, also in the schema; the validator's message
+    ),
+    AfterValidator(_not_blank),
+]
 
 
-class PredictRequest(BaseModel):
-    """Exactly one of `text` (one tweet) or `texts` (up to 256, answered in order)."""
+class SingleRequest(BaseModel):
+    """One tweet, answered with one `Prediction`."""
 
     model_config = ConfigDict(extra="forbid")
-    text: Optional[Text] = None
-    texts: Optional[Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)]] = None
+    text: Text
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "PredictRequest":
-        if (self.text is None) == (self.texts is None):
-            raise ValueError('give exactly one of "text" (a string) or "texts" (a list of strings)')
-        return self
+
+class BatchRequest(BaseModel):
+    """A list of tweets, answered with a `BatchPrediction` in the same order."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)]
+
+
+def _request_form(body: Any) -> Optional[str]:
+    """The tag of the model a body's one key names. None for any other body, so it gets the one `EXACTLY_ONE`
+    error rather than each model's own."""
+    if not isinstance(body, dict) or ("text" in body) == ("texts" in body):
+        return None
+    return "single" if "text" in body else "batch"
+
+
+# The /predict body: the schema's `oneOf` says "exactly one of text or texts", so a body valid there is accepted.
+PredictRequest = Annotated[
+    Union[Annotated[SingleRequest, Tag("single")], Annotated[BatchRequest, Tag("batch")]],
+    # The message is the one the single model's validator gave before the two forms were separate models.
+    Discriminator(_request_form, custom_error_type="exactly_one", custom_error_message=f"Value error, {EXACTLY_ONE}"),
+]
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+Scores = create_model("Scores", **{label: (Probability, ...) for label in LABELS})  # one field per label, in order
+
+
+class Prediction(BaseModel):
+    sentiment: Literal[LABELS]
+    label: Annotated[int, Field(ge=0, le=len(LABELS) - 1, description="index of `sentiment` in the labels")]
+    confidence: Annotated[Probability, Field(description="the highest of `scores`")]
+    scores: Scores
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction] = Field(description="one per text, in the request's order")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Batching(BaseModel):
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    recent_batch_sizes: list[int] = Field(description="texts per forward pass, the last 64 passes")
+
+
+class ModelInfo(BaseModel):
+    model_dir: str
+    labels: list[Literal[LABELS]]
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    device: str
+    quantized: bool
+    batching: Batching
+
+
+class Detail(BaseModel):
+    """A refusal: why, in words."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[Union[str, int]]
+    msg: str
+    type: str
+    ctx: Optional[dict[str, Any]] = None
+
+
+class ValidationDetail(BaseModel):
+    """What is wrong with a body: one issue per problem, at its location (`loc`), without echoing the input."""
+
+    detail: list[ValidationIssue]
 
 
 class ServeArgs(BaseModel):
@@ -74,7 +160,7 @@ class ServeArgs(BaseModel):
     autoscaling_config: Optional[dict] = None  # replaces num_replicas when given (a dict, or JSON on the CLI)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    # Dynamic int8 Linear layers (CPU only): twice the throughput at the same validation accuracy (README), but
+    # Dynamic int8 Linear layers (CPU only): twice the throughput at the same validation accuracy (docs/benchmarks.md), but
     # activations are scaled per batch, so a text's scores move slightly with its batch neighbours. Off keeps
     # every answer exactly what the text gets alone.
     quantize: bool = False
@@ -137,7 +223,27 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-api = FastAPI(title="SAM tweet sentiment", description="Negative / Neutral / Positive for tweets, batched on Ray Serve.")
+# BodyLimit's refusals, on every route; a 400 also comes from FastAPI (a body it cannot parse as JSON at all) and,
+# in plain text, from the HTTP server (a malformed request, such as a Content-Length that is not a number).
+LIMIT_RESPONSES = {
+    400: {
+        "model": Detail,
+        "description": "A malformed request (plain text), or a body that is not UTF-8 or nests too deep to parse",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    413: {"model": Detail, "description": f"Request body over {MAX_BODY_BYTES} bytes"},
+    431: {"model": Detail, "description": f"Request headers over {MAX_HEADER_BYTES} bytes"},
+}
+EXAMPLES = {
+    "single": {"summary": "One tweet", "value": {"text": "I love the new features in this app!"}},
+    "batch": {"summary": "A batch of tweets", "value": {"texts": ["worst day ever, so sad and tired", "the bus comes at 8"]}},
+}
+
+api = FastAPI(
+    title="SAM tweet sentiment",
+    description="Negative / Neutral / Positive for tweets, batched on Ray Serve.",
+    responses=LIMIT_RESPONSES,
+)
 api.add_middleware(BodyLimit)
 
 
@@ -179,18 +285,25 @@ class SentimentDeployment:
             self.predictions.inc(labels.count(label), tags={"label": label})
         return predictions
 
-    @api.post("/predict")
-    async def predict(self, request: PredictRequest) -> dict:
+    @api.post(
+        "/predict",
+        response_model=Union[Prediction, BatchPrediction],
+        responses={
+            200: {"description": "A `Prediction` for `text`, a `BatchPrediction` for `texts`"},
+            422: {"model": ValidationDetail, "description": "The body is not JSON, or not one of the two forms"},
+        },
+    )
+    async def predict(self, request: Annotated[PredictRequest, Body(openapi_examples=EXAMPLES)]) -> dict:
         """`{"text": ...}` gives one prediction; `{"texts": [...]}` gives `{"predictions": [...]}` in order."""
-        if request.text is not None:
+        if isinstance(request, SingleRequest):
             return await self.predict_one(request.text)
         return {"predictions": list(await asyncio.gather(*(self.predict_one(t) for t in request.texts)))}
 
-    @api.get("/healthz")
+    @api.get("/healthz", response_model=Health)
     def healthz(self) -> dict:
         return {"status": "ok"}  # Serve routes here only once __init__ (the model load) has finished
 
-    @api.get("/model")
+    @api.get("/model", response_model=ModelInfo)
     def model(self) -> dict:
         metrics = {k: v for k, v in self.predictor.metrics.items() if k != "history"}
         return {

@@ -4,8 +4,9 @@ import json
 import subprocess
 import sys
 
+from sam import LABELS
 from sam.cli import main
-from tests.conftest import write_jsonl
+from tests.conftest import tweet_rows, write_jsonl
 
 
 def run_sam(*args, cwd=None):
@@ -38,7 +39,9 @@ def test_predict_prints_one_json_line_per_text(tiny_model_dir, capsys):
     assert main(["predict", "--model", str(tiny_model_dir), "I love it", "   ", "so sad"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["text"] for line in lines] == ["I love it", "   ", "so sad"]
-    assert lines[1]["error"] == "blank text" and lines[0]["sentiment"] in ("Negative", "Neutral", "Positive")
+    assert lines[1]["error"] == "blank text"
+    for line in (lines[0], lines[2]):
+        assert line["sentiment"] == LABELS[line["label"]] and line["confidence"] == max(line["scores"].values())
 
 
 def test_tokenizer_train_writes_a_hf_directory(ray_session, tweets_dir, tmp_path, capsys):
@@ -60,3 +63,31 @@ def test_data_without_valid_rows_names_the_file(ray_session, tmp_path, capsys):
     assert main(["tokenizer", "train", "--data", str(tmp_path), "--output", str(tmp_path / "tok")]) == 2
     error = capsys.readouterr().err
     assert f"{tmp_path}: no valid rows" in error and "train.jsonl:1 blank text" in error
+
+
+def test_predict_data_writes_one_row_per_valid_input_and_a_rejects_file(ray_session, tiny_model_dir, tmp_path, capsys):
+    import pandas as pd
+
+    from sam.predict import Predictor
+
+    rows = [{"id": f"t{i}", "text": f"{row['text']} #{i}"} for i, row in enumerate(tweet_rows() * 6)]  # 270 rows
+    bad = [{"id": "blank", "text": "  "}, {"id": "none"}, {"id": "long", "text": "x" * 10_001}]
+    lines = [json.dumps(r) for r in rows[:100] + bad + rows[100:]] + ["{not json"]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "tweets.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tiny_model_dir), "--data", str(tmp_path / "in"), "--output", str(out),
+                 "--actors", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 270 and sum(summary["rejected"].values()) == 4
+
+    predictions = pd.read_parquet(out / "predictions")
+    assert sorted(predictions["id"]) == sorted(r["id"] for r in rows)
+    assert set(predictions.columns) == {"id", "text", "sentiment", "label", "confidence", "scores"}
+    sample = predictions.sample(5, random_state=0)
+    expected = Predictor(tiny_model_dir).predict(sample["text"].tolist())
+    assert sample["label"].tolist() == [e["label"] for e in expected]  # the same answers as the model alone
+
+    rejects = pd.read_json(next((out / "rejects").glob("*.json*")), lines=True)
+    assert sorted(rejects["problem"]) == ["blank text", "missing text", "not JSON", "text over 10000 characters"]
+    assert "tweets.jsonl:101 blank text" in {f"{w} {p}" for w, p in zip(rejects["where"], rejects["problem"])}

@@ -1,11 +1,26 @@
+"""Ray Data: sources of every shape read as one data set, bad rows located and counted, a split that is the
+same on every run and balanced by class, a bounded tokenizer sample, streamed tokenization."""
+
+import gzip
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from sam.data import DataError, load_frame, split_frame, to_token_dataset, validate_batch
+from sam.config import Config
+from sam.data import (
+    DataError, class_weights, load_frame, read_rows, split_edges, summarize, text_sample, tokenize, train_and_validation,
+    validate_batch,
+)
 from sam.tokenizer import train_wordpiece
 from tests.conftest import tweet_rows, write_jsonl
+
+
+def numbered_rows(n):
+    """`n` distinct tweets (the fixture's, numbered), labels in the fixture's proportions."""
+    rows = tweet_rows()
+    return [{"text": f"{rows[i % len(rows)]['text']} #{i}", "label": rows[i % len(rows)]["label"], "id": f"t{i}"} for i in range(n)]
 
 
 def test_validate_batch_keeps_good_rows_and_names_the_problem_of_bad_ones():
@@ -13,12 +28,16 @@ def test_validate_batch_keeps_good_rows_and_names_the_problem_of_bad_ones():
         "text": ["fine", "  ", None, "x", "y", "z", "w" * 10_001, "ok"],
         "label": [2, 1, 1, 7, None, "neutral", 0, 1.0],
         "label_text": [None, None, None, None, "Negative", None, None, None],
+        "id": [1, None, None, None, None, None, None, "a"],
     })
     checked = validate_batch(batch)
     assert checked["problem"].tolist() == [
         "", "blank text", "missing text", "unknown label", "", "", "text over 10000 characters", "",
     ]
     assert checked.loc[checked["problem"] == "", "label"].tolist() == [2, 0, 1, 1]
+    assert checked["id"].tolist()[::7] == ["1", "a"]
+    unlabelled = validate_batch(batch, require_label=False)  # scoring: a bad label is no reason to drop a text
+    assert unlabelled["problem"].tolist()[3:6] == ["", "", ""]
 
 
 def test_jsonl_bad_lines_are_dropped_counted_and_located(ray_session, tmp_path):
@@ -40,28 +59,71 @@ def test_directory_with_csv_or_parquet(ray_session, tmp_path, suffix):
     assert report.kept == 10 and loaded["text"].tolist() == frame["text"].tolist()[:10]
 
 
+def test_shards_of_mixed_formats_and_sizes_read_as_one_data_set(ray_session, tmp_path):
+    rows = numbered_rows(200)
+    shards = tmp_path / "shards"
+    (shards / "more").mkdir(parents=True)
+    write_jsonl(shards / "a.jsonl", rows[:10])
+    (shards / "b.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows[10:90]).encode()))
+    pd.DataFrame(rows[90:150]).to_parquet(shards / "more" / "c.parquet", index=False)
+    pd.DataFrame(rows[150:]).to_csv(shards / "more" / "d.csv", index=False)
+    (shards / "notes.txt").write_text("not data")
+    everything = read_rows(str(shards)).to_pandas()
+    assert sorted(everything["id"]) == sorted(r["id"] for r in rows) and set(everything["problem"]) == {""}
+    globbed = read_rows(str(shards / "*.jsonl*")).to_pandas()
+    assert sorted(globbed["id"]) == sorted(r["id"] for r in rows[:90])
+    assert set(read_rows(f"file://{shards}/more").to_pandas()["id"]) == {r["id"] for r in rows[90:]}  # a URI
+
+
 def test_no_valid_rows_is_an_error_naming_the_file(ray_session, tmp_path):
     path = write_jsonl(tmp_path / "empty.jsonl", [{"text": " ", "label": 1}, {"text": "x", "label": 9}])
     with pytest.raises(DataError, match="empty.jsonl: no valid rows"):
         load_frame(str(path))
     with pytest.raises(DataError, match="no such file"):
         load_frame(str(tmp_path / "missing.jsonl"))
-    with pytest.raises(DataError, match="no test.jsonl"):
+    with pytest.raises(DataError, match="no test data files"):
         load_frame(str(tmp_path), "test")
 
 
-def test_split_is_seeded_and_stratified():
-    frame = pd.DataFrame({"text": [f"t{i}" for i in range(300)], "label": [0] * 60 + [1] * 150 + [2] * 90})
-    train, val = split_frame(frame, 0.1, seed=1)
-    again, _ = split_frame(frame, 0.1, seed=1)
-    assert train.equals(again) and len(val) == 30
-    assert val["label"].value_counts().to_dict() == {1: 15, 2: 9, 0: 6}
-    assert not set(train["text"]) & set(val["text"])
+def test_split_is_the_same_on_every_run_disjoint_and_balanced_by_class(ray_session, tmp_path):
+    rows = numbered_rows(600)
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    config = Config().with_flat(data=str(tmp_path), val_fraction=0.1, seed=3)
+    runs = [train_and_validation(config) for _ in range(2)]
+    val, again = (sorted(run.val.to_pandas()["text"]) for run in runs)
+    train = runs[0].train.to_pandas()
+    assert val == again and not set(val) & set(train["text"]) and len(val) + len(train) == 600
+    assert 60 <= len(val) <= 63  # a tenth of each class, give or take the rows sharing a class's boundary bin
+    overall = np.bincount([r["label"] for r in rows]) / len(rows)
+    in_val = runs[0].val_counts / runs[0].val_counts.sum()
+    assert np.abs(in_val - overall).max() <= 0.01  # each class's share within one point
+    assert runs[0].train_counts.tolist() == np.bincount(train["label"], minlength=3).tolist()
+    other_seed = sorted(train_and_validation(config.with_flat(seed=4)).val.to_pandas()["text"])
+    assert other_seed != val
+
+
+def test_split_edges_give_each_class_its_fraction():
+    histogram = np.array([[1] * 100, [0, 5, 0, 5] * 25, [0] * 100])
+    assert split_edges(histogram, 0.1) == [10, 10, 0]  # 10 of 100; 25 of 250 (every other bin holds 5); none of none
+
+
+def test_class_weights_are_inverse_frequency():
+    assert np.allclose(class_weights(np.array([3, 1, 2])), [6 / 9, 2.0, 1.0])
+
+
+def test_tokenizer_sample_is_bounded(ray_session, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", numbered_rows(300))
+    rows = read_rows(str(tmp_path))
+    assert len(list(text_sample(rows, limit=50))) == 50
+    report, histogram = summarize(rows, str(tmp_path), seed=0)
+    assert report.kept == histogram.sum() == 300
 
 
 def test_tokenized_dataset_streams_ids_and_labels(ray_session):
+    import ray
+
     frame = pd.DataFrame(tweet_rows())
     tokenizer = train_wordpiece(frame["text"], 300)
-    rows = to_token_dataset(frame, tokenizer, max_length=32, rows_per_block=10).take_all()
+    rows = tokenize(ray.data.from_pandas(frame), tokenizer, max_length=32).take_all()
     assert len(rows) == len(frame)
     assert list(rows[0]["input_ids"]) == tokenizer(frame["text"][0])["input_ids"]

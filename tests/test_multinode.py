@@ -17,8 +17,10 @@ from ray.cluster_utils import Cluster
 from ray.train import RunConfig
 from ray.util.state import list_actors
 
-from sam import LABELS
-from sam.train import checkpoint_config, export_model, make_trainer, prepare_data
+from sam.checkpoint import export
+from sam.data import prepare_data
+from sam.predict import Predictor
+from sam.train import checkpoint_config, make_trainer
 from tests.conftest import free_port, tiny_config
 
 pytestmark = pytest.mark.multinode
@@ -94,7 +96,8 @@ def test_serve_replicas_on_two_nodes_answer_predict(trained, node_ids, tmp_path)
 
     _, result = trained
     model_dir = tmp_path / "model"
-    export_model(result.get_best_checkpoint(metric="val_loss", mode="min"), model_dir, {})
+    export(result.get_best_checkpoint(metric="val_loss", mode="min"), model_dir, {})
+    local = Predictor(model_dir)
     port = free_port()
     # One proxy: every node's proxy would want the same port on this one machine.
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
@@ -105,6 +108,7 @@ def test_serve_replicas_on_two_nodes_answer_predict(trained, node_ids, tmp_path)
         assert len(replicas) == 2 and set(replicas) == node_ids
         for text in ("I love this, best day ever", "worst service, I hate it", "the bus comes at 8"):
             response = requests.post(f"http://127.0.0.1:{port}/predict", json={"text": text}, timeout=30)
-            assert response.status_code == 200 and response.json()["sentiment"] in LABELS
+            assert response.status_code == 200
+            assert response.json()["label"] == local.predict([text])[0]["label"]  # the replicas serve this very model
     finally:
         serve.shutdown()

@@ -77,6 +77,7 @@ def test_concurrent_requests_are_batched(url):
         {"text": None},
         {"texts": None},
         {"text": "a", "texts": ["both"]},
+        {"text": None, "texts": ["a"]},  # a null is not an absent key: the schema allows only one of the two
         {"text": "x" * (MAX_TEXT_CHARS + 1)},
         {"texts": []},
         {"texts": ["fine", ""]},
