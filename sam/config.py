@@ -14,6 +14,9 @@ CONFIG_FILE = "sam_config.json"
 DEFAULT_MODEL_DIR = "models/latest"
 POOLINGS = ("cls", "mean")
 BACKENDS = ("auto", "nccl", "gloo")
+# What fine-tuning a pretrained encoder (`init`) changes from the from-scratch defaults, unless given by hand:
+# the recipe measured for MiniLM (docs/experiments.md); from-scratch's lr is ten times what fine-tuning wants.
+FINE_TUNING = {"lr": 5e-5, "warmup_steps": 100, "epochs": 2, "batch_size": 32, "class_weights": False, "label_smoothing": 0.0}
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -175,6 +178,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
                 parse = float
             else:
                 parse = str
+            fine_tuning = f"; with --init: {FINE_TUNING[knob.name]}" if knob.name in FINE_TUNING else ""
             group.add_argument(
                 "--" + knob.name.replace("_", "-"),
                 dest=knob.name,
@@ -182,12 +186,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
                 **({"nargs": "?", "const": True} if kind is bool else {}),  # `--use-gpu` alone means true
                 default=argparse.SUPPRESS,
                 metavar=knob.name.upper() if kind is not bool else "true|false",
-                help=f"{knob.metadata['help']} (default: {getattr(section, knob.name)})",
+                help=f"{knob.metadata['help']} (default: {getattr(section, knob.name)}{fine_tuning})",
             )
 
 
 def config_from_args(args: argparse.Namespace, base: Optional[Config] = None) -> Config:
-    """Fields given on the command line override `base` (the defaults unless given)."""
-    base = base or Config()
+    """Fields given on the command line override `base` (the defaults, or the fine-tuning recipe with `--init`)."""
+    base = base or (Config().with_flat(**FINE_TUNING) if getattr(args, "init", None) else Config())
     known = {name for section in base.to_dict().values() for name in section}
     return base.with_flat(**{k: v for k, v in vars(args).items() if k in known})

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ LABEL_NAMES = {name.lower(): i for i, name in enumerate(LABELS)}
 # Data tasks reserve no CPU: they are light next to a training step, and a task waiting for a free CPU hangs the
 # run forever once the training workers hold them all (2 workers on a 2-CPU machine). At most this many run at once.
 DATA_TASKS = 2
+LIGHT_TASKS = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=DATA_TASKS)}
+# Ray warns when a small source gives fewer blocks than that bound: nothing to fix, and it repeats every epoch.
+warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
 SPLIT_BINS = 4096  # resolution of the per-class split thresholds: one bin is 1/4096 of a class's rows
 TOKENIZER_SAMPLE = 200_000  # texts the corpus WordPiece learns from, at most
 EXAMPLES = 5  # dropped rows named by file and line in the report
@@ -206,18 +210,18 @@ def read_rows(source: str, split: str = "train", require_label: bool = True) -> 
             raise DataError(f"{source}: cannot load split {split!r} from the hub ({error})") from error
         return ray.data.from_huggingface(hub).map_batches(validate_batch, batch_format="pandas", fn_kwargs={"require_label": require_label})
     filesystem, files = list_files(source, split)
-    tasks = {"num_cpus": 0, "concurrency": DATA_TASKS}
+    reads = {"num_cpus": 0, "concurrency": DATA_TASKS}
     by_format = {name: [f for f in files if _format_of(f) in suffixes]
                  for name, suffixes in {"json": JSON_LINES, "parquet": (".parquet",), "csv": (".csv", ".csv.gz")}.items()}
     parts = []
     if by_format["json"]:
-        raw = ray.data.read_binary_files(by_format["json"], filesystem=filesystem, include_paths=True, **tasks)
-        parts.append(raw.flat_map(_parse_json_lines, **tasks))
+        raw = ray.data.read_binary_files(by_format["json"], filesystem=filesystem, include_paths=True, **reads)
+        parts.append(raw.flat_map(_parse_json_lines, **LIGHT_TASKS))
     if by_format["parquet"]:
-        parts.append(ray.data.read_parquet(by_format["parquet"], filesystem=filesystem, include_paths=True, **tasks))
+        parts.append(ray.data.read_parquet(by_format["parquet"], filesystem=filesystem, include_paths=True, **reads))
     if by_format["csv"]:
-        parts.append(ray.data.read_csv(by_format["csv"], filesystem=filesystem, include_paths=True, **tasks))
-    validated = [part.map_batches(_located, batch_format="pandas", fn_kwargs={"require_label": require_label}, **tasks)
+        parts.append(ray.data.read_csv(by_format["csv"], filesystem=filesystem, include_paths=True, **reads))
+    validated = [part.map_batches(_located, batch_format="pandas", fn_kwargs={"require_label": require_label}, **LIGHT_TASKS)
                  for part in parts]
     return validated[0].union(*validated[1:]) if len(validated) > 1 else validated[0]
 
@@ -258,11 +262,11 @@ def _dropped_rows(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def valid_only(rows: ray.data.Dataset) -> ray.data.Dataset:
-    return rows.map_batches(_valid_rows, batch_format="pandas", num_cpus=0, concurrency=DATA_TASKS)
+    return rows.map_batches(_valid_rows, batch_format="pandas", **LIGHT_TASKS)
 
 
 def dropped_only(rows: ray.data.Dataset) -> ray.data.Dataset:
-    return rows.map_batches(_dropped_rows, batch_format="pandas", num_cpus=0, concurrency=DATA_TASKS)
+    return rows.map_batches(_dropped_rows, batch_format="pandas", **LIGHT_TASKS)
 
 
 def usable_rows(source: str, split: str = "train", limit: Optional[int] = None) -> ray.data.Dataset:
@@ -279,7 +283,7 @@ def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadRepor
     report, histogram = LoadReport(source=source), np.zeros((len(LABELS), SPLIT_BINS), dtype=np.int64)
     try:
         summaries = rows.map_batches(_block_summary, batch_format="pandas", batch_size=None, fn_kwargs={"seed": seed},
-                                     num_cpus=0, concurrency=DATA_TASKS)
+                                     **LIGHT_TASKS)
         for row in summaries.iter_rows():
             part = json.loads(row["summary"])
             report.kept += part["kept"]
@@ -331,7 +335,7 @@ def train_and_validation(config: Config) -> Split:
     val_counts = np.array([counts[:edge].sum() for counts, edge in zip(histogram, edges)])
 
     def side(validation: bool) -> ray.data.Dataset:
-        return rows.map_batches(_one_side, batch_format="pandas", num_cpus=0, concurrency=DATA_TASKS,
+        return rows.map_batches(_one_side, batch_format="pandas", **LIGHT_TASKS,
                                 fn_kwargs={"seed": config.train.seed, "edges": edges, "validation": validation})
 
     return Split(side(False), side(True), report, histogram.sum(1) - val_counts, val_counts)
@@ -361,7 +365,7 @@ def class_weights(counts: np.ndarray) -> list[float]:
 def tokenize(rows: ray.data.Dataset, tokenizer, max_length: int) -> ray.data.Dataset:
     """Token ids and labels, computed as training consumes them (the Rust tokenizer travels to the tasks: it
     unpickles without importing transformers)."""
-    return rows.map_batches(encode_rows, batch_format="pandas", num_cpus=0, concurrency=DATA_TASKS,
+    return rows.map_batches(encode_rows, batch_format="pandas", **LIGHT_TASKS,
                             fn_kwargs={"tokenizer": tokenizer.backend_tokenizer, "max_length": max_length})
 
 

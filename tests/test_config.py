@@ -51,3 +51,13 @@ def test_backend_is_gloo_where_nccl_cannot_run():
         Config().with_flat(backend="mpi")
     with pytest.raises(ValueError, match="gpus_per_worker must be positive"):
         Config().with_flat(gpus_per_worker=0)
+
+
+def test_init_takes_the_fine_tuning_recipe_unless_a_knob_is_given():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    tuned = config_from_args(parser.parse_args(["--init", "some/encoder", "--lr", "3e-5"]))
+    assert (tuned.train.lr, tuned.train.warmup_steps, tuned.train.epochs, tuned.train.batch_size) == (3e-5, 100, 2, 32)
+    assert not tuned.train.class_weights and tuned.train.label_smoothing == 0.0
+    assert config_from_args(parser.parse_args([])).train.lr == 5e-4  # from scratch: the defaults
+    assert "with --init: 5e-05" in parser.format_help()

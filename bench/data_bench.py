@@ -1,0 +1,170 @@
+"""Ray Data at scale: the training data path and batch scoring on N rows, with the driver's peak memory.
+
+    python bench/data_bench.py --rows 1000000 [--score-rows 100000] [--model models/latest] [--json]
+
+Builds N rows by repeating the shared train split into shards of mixed sizes and formats (jsonl, jsonl.gz,
+parquet) in a temporary directory, then runs, each in a fresh driver process so each peak RSS is its own:
+  data     `prepare_data` (read, validate, split, tokenizer sample) and one epoch of padded training batches,
+           no model: rows/s of the epoch
+  scoring  `sam predict --data` on the first --score-rows rows (default: all), one int8 model actor per CPU
+  raw      the same model in this process on all CPUs, batches of 256: the texts/s scoring can at best reach
+A table, then JSON on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared/data/tweet_sentiment_extraction/train.jsonl"
+SHARD_ROWS = (50_000, 120_000, 200_000)  # mixed sizes, cycled
+SCORE_BATCH = 256
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def build_shards(directory: Path, rows: int) -> None:
+    """`rows` lines of the shared split, repeated, as shards cycling through jsonl, jsonl.gz and parquet."""
+    import pandas as pd
+
+    lines = SHARED.read_text().splitlines()
+    written, index = 0, 0
+    while written < rows:
+        size = min(SHARD_ROWS[index % len(SHARD_ROWS)], rows - written)
+        chunk = [lines[(written + i) % len(lines)] for i in range(size)]
+        kind = ("jsonl", "jsonl.gz", "parquet")[index % 3]
+        path = directory / f"part-{index:05d}.{kind}"
+        if kind == "parquet":
+            pd.DataFrame([json.loads(line) for line in chunk]).to_parquet(path, index=False)
+        else:
+            body = ("\n".join(chunk) + "\n").encode()
+            path.write_bytes(gzip.compress(body, compresslevel=1) if kind.endswith("gz") else body)
+        written, index = written + size, index + 1
+
+
+def data_phase(directory: str) -> dict:
+    import ray
+
+    from sam.batching import training_batches
+    from sam.config import Config
+    from sam.data import prepare_data
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    config = Config().with_flat(data=directory)
+    started = time.perf_counter()
+    data = prepare_data(config)
+    prepared = time.perf_counter()
+    window = config.train.batch_size * config.train.bucket_batches
+    rows = 0
+    windows = data.train.iter_batches(batch_size=window, batch_format="numpy")
+    for batch in training_batches(windows, config.train.batch_size, data.tokenizer.pad_token_id, config.train.seed):
+        rows += len(batch["labels"])
+    epoch_s = time.perf_counter() - prepared
+    ray.shutdown()
+    return {"prepare_s": round(prepared - started, 1), "epoch_s": round(epoch_s, 1), "epoch_rows": rows,
+            "rows_per_s": round(rows / epoch_s), "driver_peak_rss_mb": peak_rss_mb()}
+
+
+def scoring_phase(directory: str, model: str, limit: int | None) -> dict:
+    import ray
+
+    from sam.cli import main
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    source = directory
+    with tempfile.TemporaryDirectory() as scratch:
+        if limit:  # the first shards holding `limit` rows
+            source = str(Path(scratch) / "in")
+            os.mkdir(source)
+            build_shards(Path(source), limit)
+        started = time.perf_counter()
+        main(["predict", "--model", model, "--data", source, "--output", str(Path(scratch) / "out"),
+              "--actors", str(os.cpu_count() or 1), "--quantize"])
+        seconds = time.perf_counter() - started
+    ray.shutdown()
+    return {"rows": limit, "seconds": round(seconds, 1), "driver_peak_rss_mb": peak_rss_mb()}
+
+
+def raw_model(model: str, texts: int = 4096) -> float:
+    import torch
+
+    from sam.predict import Predictor
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    predictor = Predictor(model, quantize=True)
+    sample = [json.loads(line)["text"] or "." for line in SHARED.read_text().splitlines()[:texts]]
+    predictor.scores(sample[:SCORE_BATCH])
+    started = time.perf_counter()
+    for start in range(0, len(sample), SCORE_BATCH):
+        predictor.scores(sample[start : start + SCORE_BATCH])
+    return len(sample) / (time.perf_counter() - started)
+
+
+def in_child(phase: str, *args: str) -> dict:
+    """A phase in a fresh process: its peak RSS is its own, not the builder's or another phase's."""
+    completed = subprocess.run([sys.executable, __file__, "--phase", phase, *args], capture_output=True, text=True)
+    if completed.returncode:
+        raise RuntimeError(f"{phase} phase failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--score-rows", type=int, default=None, help="rows batch scoring runs on (default: --rows)")
+    parser.add_argument("--model", default=str(ROOT / "models/latest"))
+    parser.add_argument("--skip-scoring", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--phase", choices=("data", "scoring"), help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase == "data":
+        print(json.dumps(data_phase(args.dir)))
+        return
+    if args.phase == "scoring":
+        print(json.dumps(scoring_phase(args.dir, args.model, args.score_rows)))
+        return
+
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        build_shards(Path(scratch), args.rows)
+        build_s = time.perf_counter() - started
+        data = in_child("data", "--dir", scratch)
+        scoring = None
+        if not args.skip_scoring:
+            score_rows = min(args.score_rows or args.rows, args.rows)
+            scoring = in_child("scoring", "--dir", scratch, "--model", args.model, "--score-rows", str(score_rows))
+            scoring["rows_per_s"] = round(score_rows / scoring["seconds"])
+    raw = None if args.skip_scoring else round(raw_model(args.model))
+    result = {
+        "rows": args.rows, "cpus": os.cpu_count(), "build_s": round(build_s, 1),
+        "data_rows_per_s": data["rows_per_s"], "data_driver_peak_rss_mb": data["driver_peak_rss_mb"],
+        "data_prepare_s": data["prepare_s"], "data_epoch_s": data["epoch_s"], "data_epoch_rows": data["epoch_rows"],
+        "scoring_rows": scoring and scoring["rows"], "scoring_rows_per_s": scoring and scoring["rows_per_s"],
+        "scoring_driver_peak_rss_mb": scoring and scoring["driver_peak_rss_mb"], "raw_model_texts_per_s": raw,
+        "scoring_share_of_raw": scoring and raw and round(scoring["rows_per_s"] / raw, 2),
+    }
+    if not args.json:
+        print(f"{args.rows:,} rows in shards, {os.cpu_count()} CPUs")
+        print(f"{'phase':<10}{'rows/s':>10}{'driver peak RSS MB':>20}{'seconds':>10}")
+        print(f"{'data':<10}{data['rows_per_s']:>10,}{data['driver_peak_rss_mb']:>20}{data['prepare_s'] + data['epoch_s']:>10.1f}"
+              f"   (prepare {data['prepare_s']} s, epoch {data['epoch_s']} s over {data['epoch_rows']:,} training rows)")
+        if scoring:
+            print(f"{'scoring':<10}{scoring['rows_per_s']:>10,}{scoring['driver_peak_rss_mb']:>20}{scoring['seconds']:>10}"
+                  f"   ({scoring['rows']:,} rows; raw model {raw:,} texts/s, share {result['scoring_share_of_raw']})")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
