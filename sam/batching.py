@@ -20,9 +20,11 @@ def pad_batch(ids: Iterable[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]
 
 
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
-    """A Ray Data numpy batch of token ids and labels to padded training tensors."""
+    """A Ray Data numpy batch of token ids and labels (and a teacher's logits) to padded training tensors."""
     tensors = pad_batch(batch["input_ids"], pad_id)
     tensors["labels"] = torch.tensor(batch["labels"], dtype=torch.long)
+    if "teacher_logits" in batch:
+        tensors["teacher_logits"] = torch.as_tensor(np.stack(batch["teacher_logits"]), dtype=torch.float32)
     return tensors
 
 

@@ -1,4 +1,4 @@
-"""`sam` command line: train, tune, evaluate, predict, tokenizer train. Every command that writes or reads a
+"""`sam` command line: train, distill, tune, evaluate, predict, tokenizer train. Every command that writes or reads a
 model directory defaults to the same one, so train -> evaluate -> serve needs no path."""
 
 from __future__ import annotations
@@ -32,6 +32,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _init_ray()
     metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from sam.distill import prepare
+    from sam.train import train
+
+    config = config_from_args(args)
+    if not config.distill.teacher:
+        raise ValueError("--teacher is required: the model directory whose scores the student learns from")
+    _init_ray()
+    data = prepare(config, args.transfer, **_scoring_args(args))
+    metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures, data=data)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return 0
 
@@ -147,6 +161,13 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default=DEFAULT_MODEL_DIR, help=f"model directory to write (default: {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--storage", default=None, help="Ray Train storage path or URI for checkpoints (default: ~/ray_results)")
+    parser.add_argument("--name", default=None, help="run name under the storage path")
+    parser.add_argument("--max-failures", type=int, default=1, help="worker failures survived by restarting from the last checkpoint")
+
+
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, default=1, help="model replicas scoring in parallel, one CPU (or --gpus-per-actor) each (default: 1)")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per replica; a fraction packs several on one GPU (default: 0, CPU)")
@@ -158,12 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train on Ray Train and export the best epoch as a model directory")
-    train.add_argument("--output", default=DEFAULT_MODEL_DIR, help=f"model directory to write (default: {DEFAULT_MODEL_DIR})")
-    train.add_argument("--storage", default=None, help="Ray Train storage path or URI for checkpoints (default: ~/ray_results)")
-    train.add_argument("--name", default=None, help="run name under the storage path")
-    train.add_argument("--max-failures", type=int, default=1, help="worker failures survived by restarting from the last checkpoint")
+    add_run_arguments(train)
     add_config_arguments(train)
     train.set_defaults(run=cmd_train)
+
+    distill = commands.add_parser(
+        "distill", help="train on a teacher model's softened scores over an augmented transfer set",
+        description="The teacher (a model directory, e.g. a fine-tuned MiniLM) scores the training rows and --augment "
+                    "augmented copies of each in a Ray Data actor pool, once; the student (every `sam train` knob) "
+                    "trains on alpha * the softened scores + (1 - alpha) * the gold labels and is exported as a model "
+                    "directory. Validation rows are never scored or trained on.")
+    add_run_arguments(distill)
+    distill.add_argument("--transfer", default=None,
+                         help="parquet directory of the scored transfer set: reused when complete (default: one named "
+                              "for the teacher, data, split and augmentation under ~/ray_results)")
+    add_scoring_arguments(distill)
+    add_config_arguments(distill, sections=("distill", "model", "train", "data", "scale"))
+    distill.set_defaults(run=cmd_distill)
 
     tune = commands.add_parser(
         "tune", help="ASHA search over Ray Train trials; the best trial's best epoch exported as a model directory",
@@ -181,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", default="~/ray_results", help="local path or URI for trials and checkpoints (default: ~/ray_results)")
     search.add_argument("--name", default=None, help="experiment name under --storage (default: sam-search-<time>)")
     search.add_argument("--resume", action="store_true", help="continue the interrupted search --storage/--name with its stored settings")
-    add_config_arguments(tune)
+    add_config_arguments(tune, sections=("model", "train", "data", "distill", "scale"))
     tune.set_defaults(run=cmd_tune)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, macro-F1, per-class report and confusion matrix")

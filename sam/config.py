@@ -66,11 +66,27 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    data: str = _knob("mteb/tweet_sentiment_extraction", "hub name, directory with train.jsonl/.parquet/.csv, or one file")
-    val_fraction: float = _knob(0.1, "stratified validation share carved from train")
+    data: str = _knob("mteb/tweet_sentiment_extraction", "a file, a directory (train.jsonl or shards), a glob, a URI (s3://...) or a hub name")
+    val_fraction: float = _knob(0.1, "validation share of each class, carved from train by a seeded hash of each text")
     limit_train: Optional[int] = _knob(None, "keep only the first N valid rows (smoke runs)")
     tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
     init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation: the model trains on a teacher's softened scores over an augmented transfer set."""
+
+    teacher: Optional[str] = _knob(None, "model directory whose scores the model learns from (sam distill)")
+    augment: int = _knob(2, "augmented copies of each training row in the transfer set (masking, word replacement, n-grams)")
+    alpha: float = _knob(0.5, "weight of the teacher's softened scores; 1 - alpha is the gold labels'")
+    temperature: float = _knob(2.0, "softmax temperature of teacher and student in the distillation term")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be within 0 and 1, got {self.alpha}")
+        if self.temperature <= 0 or self.augment < 0:
+            raise ValueError(f"temperature must be positive and augment not negative, got {self.temperature}, {self.augment}")
 
 
 @dataclass
@@ -105,6 +121,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def to_dict(self) -> dict:
@@ -137,7 +154,7 @@ class Config:
     def with_absolute_paths(self) -> "Config":
         """A copy whose local paths (data, tokenizer, init) are absolute, for code that runs elsewhere: Tune runs
         each trial in a working directory of its own. Hub names, which are no local path, stay as they are."""
-        given = {"data": self.data.data, "tokenizer": self.data.tokenizer, "init": self.data.init}
+        given = {"data": self.data.data, "tokenizer": self.data.tokenizer, "init": self.data.init, "teacher": self.distill.teacher}
         return self.with_flat(**{knob: str(Path(value).resolve()) for knob, value in given.items() if value and Path(value).exists()})
 
     def save(self, directory: str | Path) -> None:

@@ -341,6 +341,44 @@ def train_and_validation(config: Config) -> Split:
     return Split(side(False), side(True), report, histogram.sum(1) - val_counts, val_counts)
 
 
+MASK = "[MASK]"  # the BERT-family mask token: the teacher's and the corpus tokenizer's vocabularies both have it
+P_MASK, P_REPLACE, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al. 2019's rates
+
+
+def augment_text(text: str, rng: np.random.Generator, words: list[str]) -> str:
+    """One augmented copy (Tang et al. 2019): each word masked or swapped for another word of the batch with
+    probability 0.1 each, then, a quarter of the time, only a random n-gram (n of 1 to 5) of the result kept."""
+    tokens = text.split() or [text]
+    for i, draw in enumerate(rng.random(len(tokens))):
+        if draw < P_MASK:
+            tokens[i] = MASK
+        elif draw < P_MASK + P_REPLACE and words:
+            tokens[i] = words[rng.integers(len(words))]
+    if rng.random() < P_NGRAM and len(tokens) > 1:
+        n = int(rng.integers(1, min(MAX_NGRAM, len(tokens)) + 1))
+        start = int(rng.integers(0, len(tokens) - n + 1))
+        tokens = tokens[start : start + n]
+    return " ".join(tokens)
+
+
+def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int) -> pd.DataFrame:
+    """Each row, then `copies` augmented copies of it with its label; seeded by the row's text, so the same
+    transfer set comes out whatever the blocks."""
+    words = [word for text in batch["text"] for word in text.split()]
+    texts, labels = [], []
+    for text, label in zip(batch["text"], batch["label"]):
+        rng = np.random.default_rng([seed, int(split_key([text], seed)[0] * 2**32)])
+        texts += [text] + [augment_text(text, rng, words) for _ in range(copies)]
+        labels += [label] * (copies + 1)
+    return pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64)})
+
+
+def transfer_rows(train: ray.data.Dataset, copies: int, seed: int) -> ray.data.Dataset:
+    """The distillation transfer set: the training rows and `copies` augmented copies of each."""
+    return train.map_batches(_with_augmented_copies, batch_format="pandas", fn_kwargs={"copies": copies, "seed": seed},
+                             **LIGHT_TASKS)
+
+
 def text_sample(rows: ray.data.Dataset, limit: int = TOKENIZER_SAMPLE) -> Iterator[str]:
     """The first `limit` texts, streamed: what the corpus tokenizer learns from, never the whole corpus."""
     for batch in rows.limit(limit).iter_batches(batch_size=4096, batch_format="pandas"):
@@ -380,19 +418,21 @@ class PreparedData:
     report: LoadReport
 
 
-def prepare_data(config: Config) -> PreparedData:
+def prepare_data(config: Config, transfer: Optional[ray.data.Dataset] = None) -> PreparedData:
     """Read, validate, split and tokenize as one lazy Ray Data pipeline; the driver holds only the report, the
-    class counts and the tokenizer (trained on a bounded sample of the training texts)."""
+    class counts and the tokenizer (trained on a bounded sample of the training texts). With `transfer` (rows
+    scored by a teacher: distillation), the model trains on those instead of the training rows."""
     from sam.tokenizer import tokenizer_for  # here, not at the top: Ray Data's tasks import this module
 
     split = train_and_validation(config)
     tokenizer = tokenizer_for(config, text_sample(split.train))
+    copies = config.distill.augment + 1 if transfer is not None else 1
     return PreparedData(
-        train=tokenize(split.train, tokenizer, config.model.max_length),
+        train=tokenize(split.train if transfer is None else transfer, tokenizer, config.model.max_length),
         val=tokenize(split.val, tokenizer, config.model.max_length),
         tokenizer=tokenizer,
         class_weights=class_weights(split.train_counts),
-        n_train=int(split.train_counts.sum()),
+        n_train=int(split.train_counts.sum()) * copies,
         n_val=int(split.val_counts.sum()),
         report=split.report,
     )

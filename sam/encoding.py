@@ -32,5 +32,9 @@ def encode_column(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarra
 
 
 def encode_rows(batch, tokenizer, max_length: int) -> dict[str, np.ndarray]:
-    """Ray Data's tokenizing step: a pandas batch of valid rows (text, label) to token ids and labels."""
-    return {"input_ids": encode_column(tokenizer, batch["text"].tolist(), max_length), "labels": batch["label"].to_numpy()}
+    """Ray Data's tokenizing step: a pandas batch of valid rows (text, label, and a teacher's logits when
+    distilling) to token ids, labels and those logits."""
+    encoded = {"input_ids": encode_column(tokenizer, batch["text"].tolist(), max_length), "labels": batch["label"].to_numpy()}
+    if "teacher_logits" in batch:
+        encoded["teacher_logits"] = np.stack(batch["teacher_logits"].to_numpy()).astype(np.float32)
+    return encoded

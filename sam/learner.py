@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from sam.config import TrainConfig
+from sam.config import DistillConfig, TrainConfig
 from sam.evaluate import classification_metrics
 
 
@@ -51,6 +51,15 @@ def make_averaged(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils
 def make_loss(config: TrainConfig, weights: list[float] | None, device: torch.device) -> torch.nn.CrossEntropyLoss:
     weight = torch.tensor(weights, dtype=torch.float32, device=device) if config.class_weights and weights else None
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      hard_loss: torch.nn.Module, alpha: float, temperature: float) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher || student, both softened by T) + (1 - alpha) * the loss on the gold labels
+    (Hinton et al. 2015; T^2 keeps the soft term's gradients on the hard term's scale)."""
+    soft = torch.nn.functional.kl_div(torch.log_softmax(logits / temperature, -1), torch.log_softmax(teacher_logits / temperature, -1),
+                                      reduction="batchmean", log_target=True) * temperature**2
+    return alpha * soft + (1 - alpha) * hard_loss(logits, labels)
 
 
 def autocast(device: torch.device, bf16: bool = True):
@@ -117,8 +126,8 @@ class Learner:
     wrapped for DDP; what is evaluated and saved is the plain module or its weight average."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, class_weights: list[float] | None,
-                 device: torch.device, bf16: bool = True):
-        self.model, self.config, self.device, self.bf16 = model, config, device, bf16
+                 device: torch.device, bf16: bool = True, distill: Optional[DistillConfig] = None):
+        self.model, self.config, self.device, self.bf16, self.distill = model, config, device, bf16, distill
         self.module = model.module if hasattr(model, "module") else model
         self.optimizer = make_optimizer(model, config)
         self.scheduler = make_scheduler(self.optimizer, config, total_steps)
@@ -138,7 +147,11 @@ class Learner:
         self.model.train()
         with autocast(self.device, self.bf16):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = self.loss_fn(logits.float(), batch["labels"])
+        if "teacher_logits" in batch:
+            loss = distillation_loss(logits.float(), batch["teacher_logits"], batch["labels"], self.loss_fn,
+                                     self.distill.alpha, self.distill.temperature)
+        else:
+            loss = self.loss_fn(logits.float(), batch["labels"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)

@@ -78,15 +78,19 @@ class Predictor:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     @torch.inference_mode()
-    def scores(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
-        """Class probabilities, one row per text, in input order. Texts run in length-sorted groups of at most
-        `max_tokens` tokens, padding included (default: `self.batch_tokens`)."""
+    def logits(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
+        """One row per text, in input order. Texts run in length-sorted groups of at most `max_tokens` tokens,
+        padding included (default: `self.batch_tokens`)."""
         ids = encode(self.tokenizer, texts, self.config.model.max_length)
-        probabilities = torch.empty(len(ids), len(LABELS))
+        logits = torch.empty(len(ids), len(LABELS))
         for chunk in token_budget_chunks([len(row) for row in ids], max_tokens or self.batch_tokens):
             batch = {k: v.to(self.device) for k, v in pad_batch([ids[i] for i in chunk], self.tokenizer.pad_token_id).items()}
-            probabilities[chunk] = self.model(**batch).logits.float().softmax(-1).cpu()
-        return probabilities
+            logits[chunk] = self.model(**batch).logits.float().cpu()
+        return logits
+
+    def scores(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
+        """Class probabilities, one row per text, in input order."""
+        return self.logits(texts, max_tokens).softmax(-1)
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
         return [
@@ -104,14 +108,16 @@ class BatchScorer:
     """Ray Data's scoring step (a callable class, so each actor of the pool loads the model once): a pandas batch
     of valid rows to their predictions, one output row per input row, in order."""
 
-    def __init__(self, model_dir: str, quantize: bool = False):
+    def __init__(self, model_dir: str, quantize: bool = False, with_logits: bool = False):
         device = "cuda" if torch.cuda.is_available() else "cpu"  # an actor sees a GPU only when given num_gpus
         if device == "cpu":
             torch.set_num_threads(1)  # one thread per actor, each holding one CPU: more would fight the others
         self.predictor = Predictor(model_dir, device=device, quantize=quantize and device == "cpu")
+        self.with_logits = with_logits
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        scores = self.predictor.scores(batch["text"].tolist()).numpy()
+        logits = self.predictor.logits(batch["text"].tolist())
+        scores = logits.softmax(-1).numpy()
         predicted = scores.argmax(1)
         scored = pd.DataFrame({
             "sentiment": [LABELS[i] for i in predicted],
@@ -121,16 +127,19 @@ class BatchScorer:
         })
         if "label" in batch:  # the given label, where there is one, beside the predicted one
             scored.insert(0, "true_label", batch["label"].to_numpy())
+        if self.with_logits:  # unrounded: a distilled model learns from them
+            scored["logits"] = list(logits.numpy())
         passed = [column for column in ("id", "text") if column in batch]
         return pd.concat([batch[passed].reset_index(drop=True), scored], axis=1)
 
 
 def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, gpus_per_actor: float = 0.0,
-               quantize: bool = False, batch_size: int = 256) -> ray.data.Dataset:
+               quantize: bool = False, batch_size: int = 256, with_logits: bool = False) -> ray.data.Dataset:
     """Valid rows (text; id and label where present) scored by a pool of `actors` model replicas, lazily."""
     check_model_dir(model_dir)
     return rows.map_batches(
-        BatchScorer, fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "quantize": quantize},
+        BatchScorer, fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "quantize": quantize,
+                                            "with_logits": with_logits},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pandas",
         num_cpus=0 if gpus_per_actor else 1, num_gpus=gpus_per_actor or None,
     )

@@ -95,7 +95,7 @@ def build_or_restore(config: Config, loop_config: dict, device: torch.device) ->
     if ray.train.get_context().get_world_rank() == 0:
         log.info("%s", summary(model))  # logged, not printed: Ray Train tees and logs a print, showing it twice
     learner = Learner(ray.train.torch.prepare_model(model), config.train, loop_config["steps_per_epoch"] * config.train.epochs,
-                      loop_config["class_weights"], device, config.scale.bf16)
+                      loop_config["class_weights"], device, config.scale.bf16, config.distill)
     if saved:
         learner.load_state_dict(restored.training_state)
     return learner, progress, bool(saved)
@@ -206,10 +206,11 @@ def checkpoint_config() -> CheckpointConfig:
 
 
 def train(config: Config, output: str | Path, storage: str | None = None, name: str | None = None,
-          max_failures: int = 0) -> dict:
-    """`sam train`: data, trainer, fit, export of the best epoch. Returns the exported metrics."""
+          max_failures: int = 0, data: PreparedData | None = None) -> dict:
+    """`sam train` (and `sam distill`, which brings its transfer set as `data`): data, trainer, fit, export of
+    the best epoch. Returns the exported metrics."""
     started = time.perf_counter()
-    data = prepare_data(config)
+    data = data or prepare_data(config)
     per_epoch = steps_per_epoch(config, data.n_train)
     log.info("schedule: %d steps/epoch, warm-up %d steps to peak lr %.2e, then linear decay over %d steps",
              per_epoch, min(config.train.warmup_steps, per_epoch * config.train.epochs - 1), config.train.lr,

@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from sam import checkpoint
 from sam.config import Config
-from sam.data import prepare_data
+from sam.distill import prepare
 from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, make_trainer
 
 log = logging.getLogger("sam")
@@ -35,15 +35,18 @@ TRIAL_DRIVER_MEMORY = 256 * 1024**2
 D_MODELS, NUM_HEADS = (64, 128, 192, 256), (2, 4, 8)
 
 
-def search_space(pretrained: bool = False) -> dict:
+def search_space(pretrained: bool = False, distilling: bool = False) -> dict:
     """Keys are the typed config's bare knob names, applied with `Config.with_flat`. Fine-tuning a pretrained
-    encoder (`init`) searches the optimiser only: its shape is fixed."""
+    encoder (`init`) searches the optimiser only: its shape is fixed. Distilling adds the teacher's weight, the
+    temperature and the augmentation (each distinct augmentation is a transfer set scored once)."""
     space = {
         "lr": tune.loguniform(1e-5, 2e-4) if pretrained else tune.loguniform(1e-4, 2e-3),
         "warmup_steps": tune.choice([100, 300, 600]),
         "weight_decay": tune.loguniform(1e-3, 1e-1),
         "batch_size": tune.choice([16, 32, 64]),
     }
+    if distilling:
+        space.update(alpha=tune.uniform(0.3, 1.0), temperature=tune.choice([1.0, 2.0, 4.0]), augment=tune.choice([0, 1, 2]))
     if not pretrained:
         space.update(
             num_layers=tune.choice([2, 3, 4]),
@@ -73,7 +76,7 @@ def run_trial(sampled: dict, base: dict, train_storage: str) -> None:
         checkpoint_config=checkpoint_config(),
         callbacks=[TuneReportCallback()],
     )
-    make_trainer(config, prepare_data(config), run_config).fit()
+    make_trainer(config, prepare(config), run_config).fit()
 
 
 @dataclass
@@ -141,7 +144,7 @@ def run_search(
     experiment = experiment_path(storage, name)
     base = base.with_absolute_paths()
     if space is None:
-        space = {k: v for k, v in search_space(bool(base.data.init)).items() if k not in fixed}
+        space = {k: v for k, v in search_space(bool(base.data.init), bool(base.distill.teacher)).items() if k not in fixed}
     max_concurrent = max_concurrent or max_concurrent_trials(base, ray.available_resources())
     if max_concurrent > 1 and not base.scale.torch_threads:
         # Trials share nodes: each worker computes on the CPUs it reserved, not on all of the node's cores.

@@ -1,0 +1,77 @@
+"""Distillation: seeded label-keeping augmentation, a transfer set scored once by a teacher actor pool, the
+loss at its two ends, and a student that is a standard model directory."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from sam.cli import main
+from sam.config import Config
+from sam.data import MASK, _with_augmented_copies
+from sam.learner import distillation_loss
+from tests.conftest import tiny_config, tweet_rows
+
+TINY = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
+        "--vocab-size", "200", "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2"]
+
+
+def test_augmentation_is_seeded_and_keeps_labels():
+    batch = pd.DataFrame(tweet_rows())
+    once = _with_augmented_copies(batch, copies=3, seed=7)
+    assert once.equals(_with_augmented_copies(batch, copies=3, seed=7))
+    assert len(once) == 4 * len(batch)
+    assert once["label"].tolist() == [label for label in batch["label"] for _ in range(4)]
+    assert once["text"].tolist()[::4] == batch["text"].tolist()  # each original, then its copies
+    copies = [t for i, t in enumerate(once["text"]) if i % 4]
+    assert any(MASK in t for t in copies) and sum(t not in set(batch["text"]) for t in copies) > len(copies) / 2
+    # A row's copies depend on its text and the seed alone, not on its neighbours in the block.
+    alone = _with_augmented_copies(batch.iloc[[0]], copies=3, seed=7)
+    assert alone["text"].tolist()[0] == batch["text"][0]
+    assert not once.equals(_with_augmented_copies(batch, copies=3, seed=8))
+
+
+def test_loss_is_cross_entropy_at_alpha_0_and_the_softened_kl_at_alpha_1():
+    torch.manual_seed(0)
+    student, teacher, labels = torch.randn(5, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    cross_entropy = torch.nn.CrossEntropyLoss()
+    assert torch.isclose(distillation_loss(student, teacher, labels, cross_entropy, 0.0, 2.0), cross_entropy(student, labels))
+    p, q = torch.softmax(teacher / 2, -1), torch.softmax(student / 2, -1)
+    by_hand = 4 * (p * (p.log() - q.log())).sum(-1).mean()  # T^2 * KL(teacher || student) per row, averaged
+    assert torch.isclose(distillation_loss(student, teacher, labels, cross_entropy, 1.0, 2.0), by_hand)
+
+
+def test_teacher_from_another_split_is_refused(tiny_model_dir, tweets_dir):
+    from sam.distill import check_teacher_split
+
+    config = tiny_config(tweets_dir).with_flat(teacher=str(tiny_model_dir))
+    check_teacher_split(config)
+    with pytest.raises(ValueError, match="never trained on this run's validation rows"):
+        check_teacher_split(config.with_flat(seed=1))
+
+
+def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
+        ray_session, tiny_model_dir, tweets_dir, tmp_path, monkeypatch, capsys):
+    import ray
+
+    from sam import distill
+
+    transfer, output = tmp_path / "transfer", tmp_path / "student"
+    command = ["distill", "--teacher", str(tiny_model_dir), "--data", str(tweets_dir), "--augment", "2",
+               "--transfer", str(transfer), "--output", str(output), "--storage", str(tmp_path / "runs"),
+               "--actors", "2", *TINY]
+    assert main(command) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    scored = ray.data.read_parquet(str(transfer), file_extensions=["parquet"]).to_pandas()
+    assert len(scored) == metrics["n_train"] == 3 * 72  # 72 training rows, each with 2 augmented copies
+    assert np.stack(scored["teacher_logits"]).shape == (len(scored), 3)
+    teacher_scores = np.stack(scored["teacher_logits"][:2])
+    assert not np.allclose(teacher_scores[0], teacher_scores[1])
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    assert model.config.num_labels == 3 and Config.load(output).distill.teacher == str(tiny_model_dir)
+
+    monkeypatch.setattr(distill, "score_rows", lambda *args, **kwargs: pytest.fail("the transfer set was scored again"))
+    assert main(command[:-len(TINY)] + TINY) == 0  # reused: no scoring
