@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser(
         "tune", help="ASHA search over Ray Train trials; the best trial's best epoch exported as a model directory",
         description="Every `sam train` option sets the search's base config; one given by hand leaves the search "
-                    "space (layers, heads, width, dropout, lr, warm-up, weight decay, batch size). "
+                    "space (layers, heads, width, dropout, lr, warm-up, weight decay, batch size; with --teacher also "
+                    "alpha, temperature, augment). "
                     "`python tune/search.py` is the same command.")
     search = tune.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=8, help="trials to sample (default: 8)")
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="accuracy, macro-F1, per-class report and confusion matrix")
     evaluate.add_argument("--model", default=DEFAULT_MODEL_DIR, help=f"model directory (default: {DEFAULT_MODEL_DIR})")
-    evaluate.add_argument("--data", required=True, help="file, directory holding <split>.jsonl/.parquet/.csv, or hub name")
+    evaluate.add_argument("--data", required=True, help="as for sam train --data: file, directory, glob, URI or hub name")
     evaluate.add_argument("--split", default="test",
                           help=f"split to read from a directory or the hub (default: test); '{VALIDATION}' re-carves "
                                "the model's own validation rows from the train split, with its saved fraction and seed")

@@ -60,7 +60,7 @@ def load_pretrained(name_or_dir: str) -> PreTrainedModel:
 
 
 def summary(model: torch.nn.Module) -> str:
-    """Parameters per top-level module and in total, like the seed's learner summary."""
+    """Parameters per top-level module and in total, logged when a run builds its model."""
     counts: Counter[str] = Counter()
     for name, parameter in model.named_parameters():
         parts = name.split(".")

@@ -88,7 +88,7 @@ def _request_form(body: Any) -> Optional[str]:
 # The /predict body: the schema's `oneOf` says "exactly one of text or texts", so a body valid there is accepted.
 PredictRequest = Annotated[
     Union[Annotated[SingleRequest, Tag("single")], Annotated[BatchRequest, Tag("batch")]],
-    # The message is the one the single model's validator gave before the two forms were separate models.
+    # A body that is neither form gets one message naming both, in the words clients already match on.
     Discriminator(_request_form, custom_error_type="exactly_one", custom_error_message=f"Value error, {EXACTLY_ONE}"),
 ]
 
