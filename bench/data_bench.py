@@ -89,8 +89,10 @@ def scoring_phase(directory: str, model: str, limit: int | None) -> dict:
             os.mkdir(source)
             build_shards(Path(source), limit)
         started = time.perf_counter()
-        main(["predict", "--model", model, "--data", source, "--output", str(Path(scratch) / "out"),
-              "--actors", str(os.cpu_count() or 1), "--quantize"])
+        status = main(["predict", "--model", model, "--data", source, "--output", str(Path(scratch) / "out"),
+                       "--actors", str(os.cpu_count() or 1), "--quantize"])
+        if status:
+            raise RuntimeError(f"sam predict exited {status}")
         seconds = time.perf_counter() - started
     ray.shutdown()
     return {"rows": limit, "seconds": round(seconds, 1), "driver_peak_rss_mb": peak_rss_mb()}

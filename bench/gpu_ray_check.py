@@ -25,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAM = [sys.executable, "-m", "sam.cli"]
-SEARCH = ["--num-samples", "4", "--epochs", "2", "--limit-train", "8000", "--grace-period", "1"]
+TRIALS = 4
+SEARCH = ["--num-samples", str(TRIALS), "--epochs", "2", "--limit-train", "8000", "--grace-period", "1"]
 GPU_SHARES = ("1", "0.5", "0.25")
 
 
@@ -94,7 +95,7 @@ def figures(result: dict, out: Path) -> dict:
                 "samples_per_s": [round(h["samples_per_s"]) for h in history],
                 "restored_from_epoch": [h["restored_from_epoch"] for h in history]}
     if name.startswith("search"):
-        return {"trials_per_hour": round(4 * 3600 / result["wall_s"], 1), "best_val_accuracy": output.get("val_accuracy")}
+        return {"trials_per_hour": round(TRIALS * 3600 / result["wall_s"], 1), "best_val_accuracy": output.get("val_accuracy")}
     return {k: output.get(k) for k in ("median_ratio", "ratios", "rows") if k in output}
 
 

@@ -156,8 +156,9 @@ def raw_model(args: argparse.Namespace, texts: list[str], seconds: float = 3.0) 
         predictor.scores(texts[:batch_size])  # warm-up (and CUDA kernels' first launch)
         done, start, i, mark = 0, time.perf_counter(), 0, cpu_times()
         while time.perf_counter() - start < seconds:  # `scores` returns on the CPU, so a GPU batch is finished
-            predictor.scores(texts[i : i + batch_size])
-            done, i = done + batch_size, (i + batch_size) % (len(texts) - batch_size)
+            batch = [texts[(i + k) % len(texts)] for k in range(batch_size)]  # always a full batch, however few texts
+            predictor.scores(batch)
+            done, i = done + batch_size, (i + batch_size) % len(texts)
         rows.append({"batch_size": batch_size, "texts_per_s": round(done / (time.perf_counter() - start), 1),
                      "cpu_steal_percent": steal_percent(mark)})
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import ray.train
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from sam.config import Config
+from sam.config import CONFIG_FILE, Config
 from sam.learner import Learner
 
 PROGRESS_FILE = "progress.json"  # epoch, early-stopping state and history
@@ -51,16 +52,25 @@ def read_progress(checkpoint: ray.train.Checkpoint) -> dict:
         return json.loads(Path(directory, PROGRESS_FILE).read_text())
 
 
+def check_output(output: str | Path) -> None:
+    """An export replaces a model directory, never anything else: checked before a run spends its time."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / CONFIG_FILE).is_file())):
+        raise ValueError(f"{output}: exists and is not a SAM model directory; choose another --output")
+
+
 def export(checkpoint: ray.train.Checkpoint, output: str | Path, extra_metrics: dict,
            latest: ray.train.Checkpoint | None = None) -> dict:
     """The checkpoint as a clean model directory (no training state) with metrics.json beside it; the history
-    comes from `latest` when given, since the best epoch's own record stops at that epoch."""
-    output = Path(output)
+    comes from `latest` when given, since the best epoch's own record stops at that epoch. Written beside the
+    output and swapped in whole, so a failed export leaves the previous model as it was."""
+    output = Path(output).resolve()
+    check_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     with checkpoint.as_directory() as directory:
         progress = json.loads(Path(directory, PROGRESS_FILE).read_text())
-        if output.exists():
-            shutil.rmtree(output)
-        shutil.copytree(directory, output, ignore=shutil.ignore_patterns(PROGRESS_FILE, TRAINING_STATE_FILE))
+        shutil.copytree(directory, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(PROGRESS_FILE, TRAINING_STATE_FILE))
     exported = progress["epoch"]
     if latest is not None:
         progress = read_progress(latest)
@@ -70,5 +80,13 @@ def export(checkpoint: ray.train.Checkpoint, output: str | Path, extra_metrics: 
         "best_epoch": exported, "epochs_run": progress["epoch"], "peak_lr": progress["peak_lr"],
         "history": progress["history"], **extra_metrics,
     }
-    Path(output, METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    Path(staging, METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    if output.exists():
+        replaced = output.with_name(f".{output.name}.replaced")
+        shutil.rmtree(replaced, ignore_errors=True)
+        output.rename(replaced)
+        staging.rename(output)
+        shutil.rmtree(replaced)
+    else:
+        staging.rename(output)
     return metrics

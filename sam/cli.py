@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,12 @@ log = logging.getLogger("sam")
 VALIDATION = "validation"  # not a split on disk: the one carved from train when the model was trained
 
 
+def _storage(storage: str | None) -> str | None:
+    from sam.tune import storage_root  # Ray Train, like Tune, wants an absolute path or a URI
+
+    return storage and storage_root(storage)
+
+
 def _init_ray() -> None:
     """Joins the cluster named by RAY_ADDRESS, or starts a local one (unless this process already has Ray)."""
     import ray
@@ -27,25 +34,32 @@ def _init_ray() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from sam.checkpoint import check_output
     from sam.train import train
 
     config = config_from_args(args)
+    check_output(args.output)
     _init_ray()
-    metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures)
+    metrics = train(config, args.output, storage=_storage(args.storage), name=args.name, max_failures=args.max_failures)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from sam.checkpoint import check_output
     from sam.distill import prepare
     from sam.train import train
 
     config = config_from_args(args)
     if not config.distill.teacher:
         raise ValueError("--teacher is required: the model directory whose scores the student learns from")
+    if Path(args.output).resolve() == Path(config.distill.teacher).resolve():
+        raise ValueError(f"--output {args.output} is the teacher: the student would replace it")
+    check_output(args.output)
     _init_ray()
     data = prepare(config, args.transfer, **_scoring_args(args))
-    metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures, data=data)
+    metrics = train(config, args.output, storage=_storage(args.storage), name=args.name, max_failures=args.max_failures,
+                    data=data)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return 0
 
@@ -60,11 +74,16 @@ def search_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from sam.checkpoint import check_output
+    from sam.distill import check_teacher_split
     from sam.tune import export_best, format_leaderboard, is_complete, resume_search, run_search, summarize
 
     knobs = {name for section in Config().to_dict().values() for name in section}
     fixed = tuple(name for name in vars(args) if name in knobs)  # given by hand: left out of the search space
     config = search_config(args)
+    check_output(args.output)
+    if config.distill.teacher:
+        check_teacher_split(config)
     name = args.name or f"sam-search-{time.strftime('%Y%m%d-%H%M%S')}"
     _init_ray()
     if args.resume:
@@ -127,6 +146,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def predict_dataset(args: argparse.Namespace) -> int:
     """Batch scoring as a Ray Data job: predictions to OUTPUT/predictions, unusable rows to OUTPUT/rejects."""
+    import ray.data
+
     from sam.data import dropped_only, read_rows, summarize, valid_only
     from sam.predict import Predictor, score_rows
 
@@ -138,8 +159,12 @@ def predict_dataset(args: argparse.Namespace) -> int:
     report, _ = summarize(rows, args.data, seed=0)
     scored = score_rows(valid_only(rows), args.model, **_scoring_args(args)).drop_columns(["true_label"])
     output = Path(args.output).resolve()
-    write = {"parquet": lambda ds, path: ds.write_parquet(path), "jsonl": lambda ds, path: ds.write_json(path)}[args.format]
-    write(scored, str(output / "predictions"))
+    overwrite = {"mode": ray.data.SaveMode.OVERWRITE}  # a rerun replaces its output instead of adding to it
+    if args.format == "parquet":
+        scored.write_parquet(str(output / "predictions"), **overwrite)
+    else:
+        scored.write_json(str(output / "predictions"), **overwrite)
+    shutil.rmtree(output / "rejects", ignore_errors=True)
     if report.dropped:
         dropped_only(rows).select_columns(["where", "problem", "id", "text"]).write_json(str(output / "rejects"))
     print(json.dumps({"predictions": str(output / "predictions"), "rows": report.kept,

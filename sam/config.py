@@ -25,7 +25,7 @@ def _knob(default: Any, help: str) -> Any:
 
 @dataclass
 class ModelConfig:
-    """The encoder's shape. Ignored when `init` names a pretrained encoder, whose own shape wins."""
+    """The encoder's shape. With `init`, the pretrained encoder's own shape wins; max_length still applies."""
 
     num_layers: int = _knob(4, "transformer encoder layers")
     num_heads: int = _knob(4, "attention heads (must divide d_model)")
@@ -33,7 +33,7 @@ class ModelConfig:
     d_ff: int = _knob(1024, "feed-forward size")
     dropout: float = _knob(0.1, "dropout on embeddings, attention and feed-forward")
     max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)")
-    norm_first: bool = _knob(False, "pre-layer-norm encoder (ModernBERT's), the replaced system's architecture; default BERT's post-norm")
+    norm_first: bool = _knob(False, "pre-layer-norm encoder (ModernBERT's, as the Rust/Burn model SAM replaced); default BERT's post-norm")
     pooling: str = _knob("cls", "text vector for the head: cls (the [CLS] token) | mean (of all tokens; needs norm_first)")
     vocab_size: int = _knob(4000, "vocabulary of a corpus-trained WordPiece tokenizer")
     lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer")
@@ -63,14 +63,27 @@ class TrainConfig:
     ema_decay: float = _knob(0.998, "evaluate and export an exponential moving average of the weights with this decay per step (0 = the last step's weights)")
     seed: int = _knob(42, "seed for the split, initialisation and shuffling")
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "bucket_batches", "epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.seed < 0 or not 0 <= self.ema_decay < 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("lr must be positive, seed not negative, ema_decay and label_smoothing within [0, 1)")
+
 
 @dataclass
 class DataConfig:
     data: str = _knob("mteb/tweet_sentiment_extraction", "a file, a directory (train.jsonl or shards), a glob, a URI (s3://...) or a hub name")
     val_fraction: float = _knob(0.1, "validation share of each class, carved from train by a seeded hash of each text")
-    limit_train: Optional[int] = _knob(None, "keep only the first N valid rows (smoke runs)")
+    limit_train: Optional[int] = _knob(None, "keep a seeded sample of about N valid rows, the same on every run (smoke runs)")
     tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
     init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.limit_train is not None and self.limit_train < 2:
+            raise ValueError(f"limit_train must be at least 2, got {self.limit_train}")
 
 
 @dataclass
@@ -101,6 +114,8 @@ class ScaleConfig:
     placement_strategy: str = _knob("PACK", "Ray placement of the workers: PACK (fewest nodes) | SPREAD (across nodes)")
 
     def __post_init__(self) -> None:
+        if self.num_workers < 1 or self.cpus_per_worker < 0:
+            raise ValueError("num_workers must be at least 1 and cpus_per_worker not negative")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.gpus_per_worker <= 0:
@@ -152,10 +167,12 @@ class Config:
         return Config.from_dict(values)
 
     def with_absolute_paths(self) -> "Config":
-        """A copy whose local paths (data, tokenizer, init) are absolute, for code that runs elsewhere: Tune runs
-        each trial in a working directory of its own. Hub names, which are no local path, stay as they are."""
+        """A copy whose local paths and globs (data, tokenizer, init, teacher) are absolute, for code that runs
+        elsewhere: Tune runs each trial in a working directory of its own. Hub names and URIs stay as they are."""
         given = {"data": self.data.data, "tokenizer": self.data.tokenizer, "init": self.data.init, "teacher": self.distill.teacher}
-        return self.with_flat(**{knob: str(Path(value).resolve()) for knob, value in given.items() if value and Path(value).exists()})
+        local = {knob: value for knob, value in given.items()
+                 if value and "://" not in value and (Path(value).expanduser().exists() or any(c in value for c in "*?["))}
+        return self.with_flat(**{knob: str(Path(value).expanduser().absolute()) for knob, value in local.items()})
 
     def save(self, directory: str | Path) -> None:
         Path(directory, CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

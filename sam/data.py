@@ -4,20 +4,19 @@ per-block summaries and a bounded sample for the tokenizer."""
 
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import hashlib
-import io
 import json
 import logging
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow.csv
 import pyarrow.fs
 import ray
 import ray.data
@@ -80,7 +79,7 @@ def _label_of(label, label_text) -> int | str:
             return LABEL_NAMES.get(str(label).strip().lower(), "unknown label")
         return int(value) if value.is_integer() and 0 <= value < len(LABELS) else "unknown label"
     if not _missing(label_text):
-        return LABEL_NAMES.get(label_text.strip().lower(), "unknown label")
+        return LABEL_NAMES.get(str(label_text).strip().lower(), "unknown label")
     return "missing label"
 
 
@@ -133,7 +132,7 @@ def _parse_json_lines(file: dict) -> list[dict]:
             continue
         row = {"text": None, "label": None, "label_text": None, "id": None, "where": f"{name}:{number}", "problem": ""}
         try:
-            record = json.loads(raw.decode("utf-8"))
+            record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))  # a leading byte-order mark
         except UnicodeDecodeError:
             row["problem"] = "not UTF-8"
         except json.JSONDecodeError:
@@ -154,6 +153,12 @@ def _parse_json_lines(file: dict) -> list[dict]:
 def _format_of(path: str) -> Optional[str]:
     lowered = path.lower()
     return next((suffix for suffix in sorted(FORMATS, key=len, reverse=True) if lowered.endswith(suffix)), None)
+
+
+def _held_out(relative: str) -> bool:
+    """A file of another split: `test.*` / `validation.*`, or anything under a `test/` or `validation/` folder."""
+    parts = PurePosixPath(relative).parts
+    return Path(relative).name.startswith(("test.", "validation.")) or bool({"test", "validation"} & set(parts[:-1]))
 
 
 def _is_hub_name(source: str) -> bool:
@@ -188,11 +193,11 @@ def list_files(source: str, split: str = "train") -> tuple[pyarrow.fs.FileSystem
     everything = data_files(path)
     if pattern:
         prefix = "" if "://" not in source else source.split("://", 1)[0] + "://"
-        files = [f for f in everything if fnmatch.fnmatch(prefix + f if prefix else f, pattern)]
+        files = [f for f in everything if PurePosixPath(prefix + f if prefix else f).match(pattern)]
     else:
         files = [f for f in everything if Path(f).parent.as_posix() == Path(path).as_posix() and Path(f).name.startswith(split + ".")] \
             or [f for f in everything if f"/{split}/" in f[len(path):] + "/"] \
-            or ([f for f in everything if not Path(f).name.startswith(("test.", "validation."))] if split == "train" else [])
+            or ([f for f in everything if not _held_out(f[len(path):])] if split == "train" else [])
     if not files:
         raise DataError(f"{source}: no {split} data files ({', '.join(FORMATS)}) there")
     return filesystem, files
@@ -208,7 +213,9 @@ def read_rows(source: str, split: str = "train", require_label: bool = True) -> 
             hub = datasets.load_dataset(source, split=split)
         except Exception as error:  # the hub raises many kinds; the user needs the source and the reason
             raise DataError(f"{source}: cannot load split {split!r} from the hub ({error})") from error
-        return ray.data.from_huggingface(hub).map_batches(validate_batch, batch_format="pandas", fn_kwargs={"require_label": require_label})
+        # `datasets` keeps the split memory-mapped in its cache; for corpora past one machine, give files or URIs.
+        return ray.data.from_huggingface(hub).map_batches(validate_batch, batch_format="pandas",
+                                                          fn_kwargs={"require_label": require_label}, **LIGHT_TASKS)
     filesystem, files = list_files(source, split)
     reads = {"num_cpus": 0, "concurrency": DATA_TASKS}
     by_format = {name: [f for f in files if _format_of(f) in suffixes]
@@ -220,7 +227,10 @@ def read_rows(source: str, split: str = "train", require_label: bool = True) -> 
     if by_format["parquet"]:
         parts.append(ray.data.read_parquet(by_format["parquet"], filesystem=filesystem, include_paths=True, **reads))
     if by_format["csv"]:
-        parts.append(ray.data.read_csv(by_format["csv"], filesystem=filesystem, include_paths=True, **reads))
+        # Every column as text: a type inferred from the first block would refuse the whole source at one odd value.
+        as_text = pyarrow.csv.ConvertOptions(column_types={c: pyarrow.string() for c in ("text", "label", "label_text", "id")})
+        parts.append(ray.data.read_csv(by_format["csv"], filesystem=filesystem, include_paths=True,
+                                       convert_options=as_text, **reads))
     validated = [part.map_batches(_located, batch_format="pandas", fn_kwargs={"require_label": require_label}, **LIGHT_TASKS)
                  for part in parts]
     return validated[0].union(*validated[1:]) if len(validated) > 1 else validated[0]
@@ -269,15 +279,6 @@ def dropped_only(rows: ray.data.Dataset) -> ray.data.Dataset:
     return rows.map_batches(_dropped_rows, batch_format="pandas", **LIGHT_TASKS)
 
 
-def usable_rows(source: str, split: str = "train", limit: Optional[int] = None) -> ray.data.Dataset:
-    """Every dropped row, and the valid ones (the first `limit` of them when given, in file order)."""
-    rows = read_rows(source, split)
-    if limit is None:
-        return rows
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # "the first N" must mean the same rows
-    return valid_only(rows).limit(limit).union(dropped_only(rows))
-
-
 def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadReport, np.ndarray]:
     """One pass over the rows: the report, and the labelled valid rows' histogram (classes x SPLIT_BINS)."""
     report, histogram = LoadReport(source=source), np.zeros((len(LABELS), SPLIT_BINS), dtype=np.int64)
@@ -300,6 +301,14 @@ def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadRepor
     return report, histogram
 
 
+def limit_bin(histogram: np.ndarray, limit: Optional[int]) -> int:
+    """The split-key bin below which about `limit` rows lie: `--limit-train` keeps a seeded sample of the valid rows
+    that is the same on every run, worker and shard layout (all bins without a limit)."""
+    if limit is None:
+        return SPLIT_BINS
+    return min(SPLIT_BINS, int(np.searchsorted(np.cumsum(histogram.sum(0)), limit)) + 1)
+
+
 def split_edges(histogram: np.ndarray, val_fraction: float) -> list[int]:
     """Per class, the split-key bin below which a row is validation: each class gives `val_fraction` of its rows
     (to one bin), so every class's share of validation is its share of the data."""
@@ -310,11 +319,11 @@ def split_edges(histogram: np.ndarray, val_fraction: float) -> list[int]:
     return edges
 
 
-def _one_side(batch: pd.DataFrame, seed: int, edges: list[int], validation: bool) -> pd.DataFrame:
+def _one_side(batch: pd.DataFrame, seed: int, edges: list[int], cut: int, validation: bool) -> pd.DataFrame:
     good = batch[batch["problem"] == ""]
     bins = (split_key(good["text"], seed) * SPLIT_BINS).astype(np.int64)
     in_validation = bins < np.asarray(edges)[good["label"].to_numpy()]
-    return good.loc[in_validation == validation, ["text", "label"]]
+    return good.loc[(in_validation == validation) & (bins < cut), ["text", "label"]]
 
 
 @dataclass
@@ -329,25 +338,37 @@ class Split:
 def train_and_validation(config: Config) -> Split:
     """The train split's valid rows, split by a seeded hash of each text within its class: given a model's saved
     config, `sam evaluate --split validation` carves the very rows that model was validated on."""
-    rows = usable_rows(config.data.data, "train", config.data.limit_train)
+    rows = read_rows(config.data.data, "train")
     report, histogram = summarize(rows, config.data.data, config.train.seed)
+    cut = limit_bin(histogram, config.data.limit_train)
+    histogram[:, cut:] = 0
+    if config.data.limit_train is not None:
+        log.info("--limit-train: a seeded sample of %d of the %d valid rows", histogram.sum(), report.kept)
     edges = split_edges(histogram, config.data.val_fraction)
     val_counts = np.array([counts[:edge].sum() for counts, edge in zip(histogram, edges)])
+    if val_counts.sum() == 0 or val_counts.sum() == histogram.sum():
+        raise DataError(f"{config.data.data}: {histogram.sum()} rows leave no training or no validation rows "
+                        f"at val_fraction {config.data.val_fraction}")
 
     def side(validation: bool) -> ray.data.Dataset:
         return rows.map_batches(_one_side, batch_format="pandas", **LIGHT_TASKS,
-                                fn_kwargs={"seed": config.train.seed, "edges": edges, "validation": validation})
+                                fn_kwargs={"seed": config.train.seed, "edges": edges, "cut": cut, "validation": validation})
 
-    return Split(side(False), side(True), report, histogram.sum(1) - val_counts, val_counts)
+    # Blocks in a seeded random order, so a source sorted or sharded by class still mixes across the epoch.
+    return Split(side(False).randomize_block_order(seed=config.train.seed), side(True), report,
+                 histogram.sum(1) - val_counts, val_counts)
 
 
 MASK = "[MASK]"  # the BERT-family mask token: the teacher's and the corpus tokenizer's vocabularies both have it
 P_MASK, P_REPLACE, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al. 2019's rates
 
 
+REPLACEMENT_WORDS = 5000  # the most frequent training words, the pool a replaced word is drawn from
+
+
 def augment_text(text: str, rng: np.random.Generator, words: list[str]) -> str:
-    """One augmented copy (Tang et al. 2019): each word masked or swapped for another word of the batch with
-    probability 0.1 each, then, a quarter of the time, only a random n-gram (n of 1 to 5) of the result kept."""
+    """One augmented copy (Tang et al. 2019): each word masked or swapped for a word of `words` with probability
+    0.1 each, then, a quarter of the time, only a random n-gram (n of 1 to 5) of the result kept."""
     tokens = text.split() or [text]
     for i, draw in enumerate(rng.random(len(tokens))):
         if draw < P_MASK:
@@ -361,10 +382,9 @@ def augment_text(text: str, rng: np.random.Generator, words: list[str]) -> str:
     return " ".join(tokens)
 
 
-def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int) -> pd.DataFrame:
+def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int, words: list[str]) -> pd.DataFrame:
     """Each row, then `copies` augmented copies of it with its label; seeded by the row's text, so the same
     transfer set comes out whatever the blocks."""
-    words = [word for text in batch["text"] for word in text.split()]
     texts, labels = [], []
     for text, label in zip(batch["text"], batch["label"]):
         rng = np.random.default_rng([seed, int(split_key([text], seed)[0] * 2**32)])
@@ -373,10 +393,16 @@ def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int) -> pd.Da
     return pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64)})
 
 
+def replacement_words(train: ray.data.Dataset) -> list[str]:
+    """The training sample's most frequent words, sorted: the same pool for every block and run."""
+    counts = Counter(word for text in text_sample(train) for word in text.split())
+    return sorted(word for word, _ in counts.most_common(REPLACEMENT_WORDS))
+
+
 def transfer_rows(train: ray.data.Dataset, copies: int, seed: int) -> ray.data.Dataset:
     """The distillation transfer set: the training rows and `copies` augmented copies of each."""
-    return train.map_batches(_with_augmented_copies, batch_format="pandas", fn_kwargs={"copies": copies, "seed": seed},
-                             **LIGHT_TASKS)
+    return train.map_batches(_with_augmented_copies, batch_format="pandas", **LIGHT_TASKS,
+                             fn_kwargs={"copies": copies, "seed": seed, "words": replacement_words(train)})
 
 
 def text_sample(rows: ray.data.Dataset, limit: int = TOKENIZER_SAMPLE) -> Iterator[str]:
@@ -386,11 +412,12 @@ def text_sample(rows: ray.data.Dataset, limit: int = TOKENIZER_SAMPLE) -> Iterat
 
 
 def load_frame(source: str, split: str = "train", limit: Optional[int] = None) -> tuple[pd.DataFrame, LoadReport]:
-    """Valid rows (text, label) as one pandas frame on the driver, for small sets (benchmarks, tests)."""
-    rows = usable_rows(source, split, limit)
+    """Valid rows (text, label; at most `limit`, in no set order) as one pandas frame on the driver, for small sets
+    (benchmarks, tests)."""
+    rows = read_rows(source, split)
     report, _ = summarize(rows, source, seed=0)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    frame = valid_only(rows).to_pandas()
+    valid = valid_only(rows)
+    frame = (valid.limit(limit) if limit else valid).to_pandas()
     return frame[["text", "label"]].reset_index(drop=True), report
 
 
@@ -418,21 +445,21 @@ class PreparedData:
     report: LoadReport
 
 
-def prepare_data(config: Config, transfer: Optional[ray.data.Dataset] = None) -> PreparedData:
+def prepare_data(config: Config, split: Optional[Split] = None, transfer: Optional[ray.data.Dataset] = None,
+                 transfer_count: int = 0) -> PreparedData:
     """Read, validate, split and tokenize as one lazy Ray Data pipeline; the driver holds only the report, the
     class counts and the tokenizer (trained on a bounded sample of the training texts). With `transfer` (rows
-    scored by a teacher: distillation), the model trains on those instead of the training rows."""
+    scored by a teacher, `transfer_count` of them: distillation), the model trains on those instead."""
     from sam.tokenizer import tokenizer_for  # here, not at the top: Ray Data's tasks import this module
 
-    split = train_and_validation(config)
+    split = split or train_and_validation(config)
     tokenizer = tokenizer_for(config, text_sample(split.train))
-    copies = config.distill.augment + 1 if transfer is not None else 1
     return PreparedData(
         train=tokenize(split.train if transfer is None else transfer, tokenizer, config.model.max_length),
         val=tokenize(split.val, tokenizer, config.model.max_length),
         tokenizer=tokenizer,
         class_weights=class_weights(split.train_counts),
-        n_train=int(split.train_counts.sum()) * copies,
+        n_train=transfer_count if transfer is not None else int(split.train_counts.sum()),
         n_val=int(split.val_counts.sum()),
         report=split.report,
     )

@@ -11,27 +11,25 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray.data
 
 from sam.config import Config
-from sam.data import PreparedData, prepare_data, train_and_validation, transfer_rows
-from sam.predict import score_rows
+from sam.data import PreparedData, Split, prepare_data, train_and_validation, transfer_rows
+from sam.predict import WEIGHTS_FILE, score_rows
 
 log = logging.getLogger("sam")
 
 TRANSFER_ROOT = "~/ray_results"
-DONE_MARKER = "_SUCCESS"  # written last: a directory without it is an interrupted write, built again
+MANIFEST = "manifest.json"  # written last: what the set was built from and how many rows it holds
 
 
-def transfer_dir(config: Config, root: str | Path) -> Path:
-    """Where the transfer set for this teacher, data, split and augmentation lives: a run with the same ones
-    reuses it instead of scoring again."""
-    key = {"teacher": str(Path(config.distill.teacher).resolve()), "data": config.data.data, "limit": config.data.limit_train,
-           "val_fraction": config.data.val_fraction, "seed": config.train.seed, "augment": config.distill.augment}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(root).expanduser().resolve() / f"sam-transfer-{digest}"
+@dataclass
+class Transfer:
+    rows: ray.data.Dataset  # text, label, teacher_logits
+    count: int
 
 
 def check_teacher_split(config: Config) -> None:
@@ -44,28 +42,48 @@ def check_teacher_split(config: Config) -> None:
                          f"this run with {mine}: give the same, so that it never trained on this run's validation rows")
 
 
-def build_transfer_set(config: Config, directory: Path, actors: int = 1, gpus_per_actor: float = 0.0,
-                       quantize: bool = False) -> ray.data.Dataset:
-    """The training rows and their augmented copies with the teacher's logits (text, label, teacher_logits),
-    scored once by a pool of teacher replicas and streamed to parquet."""
-    if not (directory / DONE_MARKER).is_file():
-        check_teacher_split(config)
+def transfer_key(config: Config) -> dict:
+    """What a transfer set depends on: the teacher's weights (not its path), the data, the split, the augmentation."""
+    weights = hashlib.sha256(Path(config.distill.teacher, WEIGHTS_FILE).read_bytes()).hexdigest()
+    return {"teacher_weights": weights, "data": config.with_absolute_paths().data.data, "limit": config.data.limit_train,
+            "val_fraction": config.data.val_fraction, "seed": config.train.seed, "augment": config.distill.augment}
+
+
+def transfer_dir(config: Config, root: str | Path) -> Path:
+    digest = hashlib.sha256(json.dumps(transfer_key(config), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root).expanduser().resolve() / f"sam-transfer-{digest}"
+
+
+def build_transfer_set(config: Config, split: Split, directory: Path, actors: int = 1, gpus_per_actor: float = 0.0,
+                       quantize: bool = False) -> Transfer:
+    """The training rows and their augmented copies with the teacher's logits, scored once by a pool of teacher
+    replicas and streamed to parquet; a complete set for the same key is reused."""
+    key = transfer_key(config)
+    if not (directory / MANIFEST).is_file():
+        if directory.exists():
+            raise ValueError(f"{directory}: exists but holds no complete transfer set; remove it or choose another --transfer")
         log.info("scoring the transfer set with teacher %s into %s", config.distill.teacher, directory)
-        rows = transfer_rows(train_and_validation(config).train, config.distill.augment, config.train.seed)
+        rows = transfer_rows(split.train, config.distill.augment, config.train.seed)
         scored = score_rows(rows, config.distill.teacher, actors=actors, gpus_per_actor=gpus_per_actor, quantize=quantize,
                             with_logits=True)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=directory.parent))
+        partial = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         scored.select_columns(["text", "true_label", "logits"]) \
             .rename_columns({"true_label": "label", "logits": "teacher_logits"}).write_parquet(str(partial))
-        (partial / DONE_MARKER).touch()
+        count = ray.data.read_parquet(str(partial)).count()
+        (partial / MANIFEST).write_text(json.dumps({"key": key, "rows": count}, indent=2) + "\n")
         try:
             os.rename(partial, directory)  # atomic: of two runs writing the same set, one wins whole
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
-    else:
-        log.info("reusing the transfer set in %s", directory)
-    return ray.data.read_parquet(str(directory), file_extensions=["parquet"])
+            if not (directory / MANIFEST).is_file():
+                raise
+    manifest = json.loads((directory / MANIFEST).read_text())
+    if manifest["key"] != key:
+        differ = sorted(k for k in key if manifest["key"].get(k) != key[k])
+        raise ValueError(f"{directory}: a transfer set for another {', '.join(differ)}; remove it or choose another --transfer")
+    log.info("transfer set %s: %d rows", directory, manifest["rows"])
+    return Transfer(ray.data.read_parquet(str(directory), file_extensions=["parquet"]), manifest["rows"])
 
 
 def prepare(config: Config, transfer: str | Path | None = None, **scoring) -> PreparedData:
@@ -73,5 +91,8 @@ def prepare(config: Config, transfer: str | Path | None = None, **scoring) -> Pr
     default in a directory named for what it holds under ~/ray_results."""
     if not config.distill.teacher:
         return prepare_data(config)
+    check_teacher_split(config)
+    split = train_and_validation(config)
     directory = Path(transfer).expanduser().resolve() if transfer else transfer_dir(config, TRANSFER_ROOT)
-    return prepare_data(config, transfer=build_transfer_set(config, directory, **scoring))
+    scored = build_transfer_set(config, split, directory, **scoring)
+    return prepare_data(config, split, scored.rows, scored.count)

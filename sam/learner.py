@@ -25,10 +25,15 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """The warm-up, cut short in a run too short for it, so that the peak is still reached."""
+    return min(config.warmup_steps, max(total_steps - 1, 0))
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
     """Linear warm-up to `lr` over `warmup_steps`, then linear decay to zero at `total_steps`."""
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps(config, total_steps),
+                                           num_training_steps=total_steps)
 
 
 def make_averaged(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:

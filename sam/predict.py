@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import ray
 import ray.data
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -109,7 +110,7 @@ class BatchScorer:
     of valid rows to their predictions, one output row per input row, in order."""
 
     def __init__(self, model_dir: str, quantize: bool = False, with_logits: bool = False):
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # an actor sees a GPU only when given num_gpus
+        device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray 2.60 shows every GPU to an actor: use one only if granted
         if device == "cpu":
             torch.set_num_threads(1)  # one thread per actor, each holding one CPU: more would fight the others
         self.predictor = Predictor(model_dir, device=device, quantize=quantize and device == "cpu")

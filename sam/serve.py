@@ -262,7 +262,7 @@ class SentimentDeployment:
         # One intra-op thread per CPU this replica holds (however it was set: args, config file or default):
         # more would fight the other replicas and the proxy for cores.
         torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # a replica only sees a GPU when num_gpus > 0
+        device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray 2.60 shows every GPU to a replica: use one only if granted
         self.predictor = Predictor(model_dir, device=device, quantize=quantize and device == "cpu")
         self.recent_batch_sizes: deque[int] = deque(maxlen=64)  # shown at /model: proof that batching happens
         self.predictions = Counter("sam_predictions", description="Predictions served, by label.", tag_keys=("label",))

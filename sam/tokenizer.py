@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -38,7 +38,7 @@ def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
         raise ValueError(f"tokenizer {name_or_dir!r}: cannot load ({type(error).__name__}: {error})") from error
 
 
-def tokenizer_for(config: Config, train_texts: Sequence[str]) -> PreTrainedTokenizerBase:
+def tokenizer_for(config: Config, train_texts: Iterable[str]) -> PreTrainedTokenizerBase:
     """A fine-tuned encoder's own tokenizer, else the one named by `tokenizer`, else WordPiece trained on the
     train texts: the default needs no network, so a run gives the same model on any machine."""
     if config.data.init:

@@ -22,7 +22,7 @@ from sam import checkpoint
 from sam.batching import collate, training_batches
 from sam.config import Config, ScaleConfig
 from sam.data import PreparedData, prepare_data
-from sam.learner import EpochStats, Learner, Predictions
+from sam.learner import EpochStats, Learner, Predictions, warmup_steps
 from sam.models import build_model, load_pretrained, summary
 
 log = logging.getLogger("sam")
@@ -213,7 +213,7 @@ def train(config: Config, output: str | Path, storage: str | None = None, name: 
     data = data or prepare_data(config)
     per_epoch = steps_per_epoch(config, data.n_train)
     log.info("schedule: %d steps/epoch, warm-up %d steps to peak lr %.2e, then linear decay over %d steps",
-             per_epoch, min(config.train.warmup_steps, per_epoch * config.train.epochs - 1), config.train.lr,
+             per_epoch, warmup_steps(config.train, per_epoch * config.train.epochs), config.train.lr,
              per_epoch * config.train.epochs)
     run_config = RunConfig(
         name=name or f"sam-train-{time.strftime('%Y%m%d-%H%M%S')}",

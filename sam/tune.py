@@ -1,4 +1,4 @@
-"""Hyperparameter search on Ray Tune. Each trial is a Ray Train run of the foundation's trainer (so a trial can
+"""Hyperparameter search on Ray Tune. Each trial is a Ray Train run of `sam train`'s trainer (so a trial can
 be DDP on several workers), ASHA stops weak trials between epochs, and the best trial's best epoch is exported
 as the standard model directory with the search's results beside it."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +25,7 @@ from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, make_traine
 
 log = logging.getLogger("sam")
 
-METRIC, MODE = SELECT_METRIC, SELECT_MODE  # what the foundation keeps and exports checkpoints by
+METRIC, MODE = SELECT_METRIC, SELECT_MODE  # what training keeps and exports checkpoints by
 _BETTER = 1 if MODE == "max" else -1  # METRIC times this grows as trials get better
 SPEC_FILE = "sam_search.json"  # in the experiment directory: what `--resume` and the report need
 RESULTS_FILE, CURVES_FILE = "search_results.json", "learning_curves.png"
@@ -57,18 +57,29 @@ def search_space(pretrained: bool = False, distilling: bool = False) -> dict:
     return space
 
 
-def trial_config(base: Config, sampled: dict) -> Config:
-    """The base config with a trial's knobs; d_ff follows a sampled d_model (4x, as in BERT), so width is one knob."""
+def trial_config(base: Config, sampled: dict, fixed: tuple[str, ...] = ()) -> Config:
+    """The base config with a trial's knobs; d_ff follows a sampled d_model (4x, as in BERT), so width is one knob,
+    unless d_ff was given by hand."""
     knobs = dict(sampled)
-    if "d_model" in knobs:
+    if "d_model" in knobs and "d_ff" not in fixed:
         knobs.setdefault("d_ff", 4 * knobs["d_model"])
     return base.with_flat(**knobs)
 
 
-def run_trial(sampled: dict, base: dict, train_storage: str) -> None:
+def fitted_space(space: dict, base: Config, fixed: tuple[str, ...]) -> dict:
+    """The space less the knobs given by hand, its widths and head counts kept to those that fit a hand-given one."""
+    space = {k: v for k, v in space.items() if k not in fixed}
+    if "d_model" in space and "num_heads" in fixed:
+        space["d_model"] = tune.choice([d for d in D_MODELS if d % base.model.num_heads == 0] or [base.model.d_model])
+    if "num_heads" in space and "d_model" in fixed:
+        space["num_heads"] = tune.choice([h for h in NUM_HEADS if base.model.d_model % h == 0] or [base.model.num_heads])
+    return space
+
+
+def run_trial(sampled: dict, base: dict, fixed: list[str], train_storage: str) -> None:
     """The function trainable: it only drives one Ray Train run, whose workers hold the compute. The callback
     relays every epoch's metrics, with its checkpoint's path, to Tune, so ASHA can stop the run between epochs."""
-    config = trial_config(Config.from_dict(base), sampled)
+    config = trial_config(Config.from_dict(base), sampled, tuple(fixed))
     run_config = ray.train.RunConfig(
         # The same (storage, name) when a trial restarts makes Train resume from the trial's last checkpoint.
         name=tune.get_context().get_trial_id(),
@@ -85,6 +96,7 @@ class SearchSpec:
 
     base: dict  # Config.to_dict(); its `epochs` is ASHA's max_t
     num_samples: int
+    fixed: list[str] = field(default_factory=list)  # knobs given by hand: out of the space, and d_ff stays as given
 
     @property
     def max_epochs(self) -> int:
@@ -131,8 +143,8 @@ def _trainable(experiment: str, spec: SearchSpec):
     # No CPU for the trial's own actor: it only drives its Train run, whose worker group reserves the CPUs/GPUs
     # in a placement group of its own (a CPU held here would be one Ray Data could not use). Concurrency is
     # bounded by `max_concurrent_trials` instead, the Ray Train V2 + Tune pattern; Tune needs some resource,
-    # so the actor books the memory it holds (the split data and tokenizer).
-    trainable = tune.with_parameters(run_trial, base=spec.base, train_storage=f"{experiment}/train_runs")
+    # so the actor books the memory it holds (the data report, class counts and tokenizer).
+    trainable = tune.with_parameters(run_trial, base=spec.base, fixed=spec.fixed, train_storage=f"{experiment}/train_runs")
     return tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
 
 
@@ -144,12 +156,12 @@ def run_search(
     experiment = experiment_path(storage, name)
     base = base.with_absolute_paths()
     if space is None:
-        space = {k: v for k, v in search_space(bool(base.data.init), bool(base.distill.teacher)).items() if k not in fixed}
+        space = fitted_space(search_space(bool(base.data.init), bool(base.distill.teacher)), base, fixed)
     max_concurrent = max_concurrent or max_concurrent_trials(base, ray.available_resources())
     if max_concurrent > 1 and not base.scale.torch_threads:
         # Trials share nodes: each worker computes on the CPUs it reserved, not on all of the node's cores.
         base = base.with_flat(torch_threads=base.scale.cpus_per_worker)
-    spec = SearchSpec(base=base.to_dict(), num_samples=num_samples)
+    spec = SearchSpec(base=base.to_dict(), num_samples=num_samples, fixed=list(fixed))
     _write_spec(experiment, spec)
     tuner = tune.Tuner(
         _trainable(experiment, spec),

@@ -91,3 +91,7 @@ def test_predict_data_writes_one_row_per_valid_input_and_a_rejects_file(ray_sess
     rejects = pd.read_json(next((out / "rejects").glob("*.json*")), lines=True)
     assert sorted(rejects["problem"]) == ["blank text", "missing text", "not JSON", "text over 10000 characters"]
     assert "tweets.jsonl:101 blank text" in {f"{w} {p}" for w, p in zip(rejects["where"], rejects["problem"])}
+
+    (tmp_path / "in" / "tweets.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # fixed, rerun
+    assert main(["predict", "--model", str(tiny_model_dir), "--data", str(tmp_path / "in"), "--output", str(out)]) == 0
+    assert len(pd.read_parquet(out / "predictions")) == 270 and not (out / "rejects").exists()  # replaced, not added to

@@ -61,3 +61,16 @@ def test_init_takes_the_fine_tuning_recipe_unless_a_knob_is_given():
     assert not tuned.train.class_weights and tuned.train.label_smoothing == 0.0
     assert config_from_args(parser.parse_args([])).train.lr == 5e-4  # from scratch: the defaults
     assert "with --init: 5e-05" in parser.format_help()
+
+
+@pytest.mark.parametrize("knob, value", [("val_fraction", 1.0), ("val_fraction", 0.0), ("batch_size", 0), ("epochs", 0),
+                                         ("seed", -1), ("num_workers", 0), ("limit_train", 1), ("alpha", 1.5)])
+def test_settings_that_cannot_train_are_refused_where_the_config_is_built(knob, value):
+    with pytest.raises(ValueError, match=knob):
+        Config().with_flat(**{knob: value})
+
+
+def test_relative_paths_and_globs_become_absolute_for_trials(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = Config().with_flat(data="shards/*.jsonl.gz", init="s3://bucket/encoder").with_absolute_paths()
+    assert config.data.data == str(tmp_path / "shards/*.jsonl.gz") and config.data.init == "s3://bucket/encoder"

@@ -56,7 +56,14 @@ def test_directory_with_csv_or_parquet(ray_session, tmp_path, suffix):
     frame = pd.DataFrame(tweet_rows())
     getattr(frame, f"to_{suffix}")(tmp_path / f"train.{suffix}", index=False)
     loaded, report = load_frame(str(tmp_path), "train", limit=10)
-    assert report.kept == 10 and loaded["text"].tolist() == frame["text"].tolist()[:10]
+    assert report.kept == len(frame) and len(loaded) == 10 and set(loaded["text"]) <= set(frame["text"])
+
+
+def test_an_odd_csv_value_past_the_first_block_drops_one_row_not_the_file(ray_session, tmp_path):
+    rows = numbered_rows(40_000) + [{"text": "odd label", "label": "somewhat", "id": "odd"}]  # about 2 MB of integers first
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    _, report = load_frame(str(tmp_path), limit=1)
+    assert report.kept == 40_000 and dict(report.dropped) == {"unknown label": 1}
 
 
 def test_shards_of_mixed_formats_and_sizes_read_as_one_data_set(ray_session, tmp_path):
@@ -70,9 +77,20 @@ def test_shards_of_mixed_formats_and_sizes_read_as_one_data_set(ray_session, tmp
     (shards / "notes.txt").write_text("not data")
     everything = read_rows(str(shards)).to_pandas()
     assert sorted(everything["id"]) == sorted(r["id"] for r in rows) and set(everything["problem"]) == {""}
+    write_jsonl(shards / "more" / "e.jsonl", rows[:5])  # deeper than the glob's level: not matched
     globbed = read_rows(str(shards / "*.jsonl*")).to_pandas()
     assert sorted(globbed["id"]) == sorted(r["id"] for r in rows[:90])
+    (shards / "more" / "e.jsonl").unlink()
     assert set(read_rows(f"file://{shards}/more").to_pandas()["id"]) == {r["id"] for r in rows[90:]}  # a URI
+
+
+def test_other_splits_folders_are_not_training_data(ray_session, tmp_path):
+    rows = numbered_rows(20)
+    write_jsonl(tmp_path / "part-0.jsonl", rows[:10])
+    (tmp_path / "test").mkdir()
+    write_jsonl(tmp_path / "test" / "part-0.jsonl", rows[10:])
+    assert sorted(read_rows(str(tmp_path)).to_pandas()["id"]) == sorted(r["id"] for r in rows[:10])
+    assert sorted(read_rows(str(tmp_path), "test").to_pandas()["id"]) == sorted(r["id"] for r in rows[10:])
 
 
 def test_no_valid_rows_is_an_error_naming_the_file(ray_session, tmp_path):
@@ -100,6 +118,22 @@ def test_split_is_the_same_on_every_run_disjoint_and_balanced_by_class(ray_sessi
     assert runs[0].train_counts.tolist() == np.bincount(train["label"], minlength=3).tolist()
     other_seed = sorted(train_and_validation(config.with_flat(seed=4)).val.to_pandas()["text"])
     assert other_seed != val
+
+
+def test_limit_keeps_the_same_sample_whatever_the_shard_layout(ray_session, tmp_path):
+    rows = numbered_rows(600)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    write_jsonl(tmp_path / "one" / "train.jsonl", rows)
+    for i in range(6):
+        write_jsonl(tmp_path / "many" / f"part-{i}.jsonl", rows[i::6])
+    sides = []
+    for layout in ("one", "many"):
+        split = train_and_validation(Config().with_flat(data=str(tmp_path / layout), limit_train=200, val_fraction=0.2))
+        train, val = split.train.to_pandas(), split.val.to_pandas()
+        assert (len(train), len(val)) == (split.train_counts.sum(), split.val_counts.sum())
+        sides.append((sorted(train["text"]), sorted(val["text"])))
+    assert sides[0] == sides[1] and 190 <= len(sides[0][0]) + len(sides[0][1]) <= 210
 
 
 def test_split_edges_give_each_class_its_fraction():

@@ -19,19 +19,24 @@ TINY = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "6
         "--vocab-size", "200", "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2"]
 
 
+WORDS = ["apple", "banana", "cherry"]
+
+
 def test_augmentation_is_seeded_and_keeps_labels():
     batch = pd.DataFrame(tweet_rows())
-    once = _with_augmented_copies(batch, copies=3, seed=7)
-    assert once.equals(_with_augmented_copies(batch, copies=3, seed=7))
+    once = _with_augmented_copies(batch, copies=3, seed=7, words=WORDS)
+    assert once.equals(_with_augmented_copies(batch, copies=3, seed=7, words=WORDS))
     assert len(once) == 4 * len(batch)
     assert once["label"].tolist() == [label for label in batch["label"] for _ in range(4)]
     assert once["text"].tolist()[::4] == batch["text"].tolist()  # each original, then its copies
     copies = [t for i, t in enumerate(once["text"]) if i % 4]
-    assert any(MASK in t for t in copies) and sum(t not in set(batch["text"]) for t in copies) > len(copies) / 2
+    assert any(MASK in t for t in copies) and any(w in t for t in copies for w in WORDS)
+    assert sum(t not in set(batch["text"]) for t in copies) > len(copies) / 2
     # A row's copies depend on its text and the seed alone, not on its neighbours in the block.
-    alone = _with_augmented_copies(batch.iloc[[0]], copies=3, seed=7)
-    assert alone["text"].tolist()[0] == batch["text"][0]
-    assert not once.equals(_with_augmented_copies(batch, copies=3, seed=8))
+    for row in (0, 17, 44):
+        alone = _with_augmented_copies(batch.iloc[[row]], copies=3, seed=7, words=WORDS)
+        assert alone["text"].tolist() == once["text"].tolist()[4 * row : 4 * row + 4]
+    assert not once.equals(_with_augmented_copies(batch, copies=3, seed=8, words=WORDS))
 
 
 def test_loss_is_cross_entropy_at_alpha_0_and_the_softened_kl_at_alpha_1():
@@ -42,6 +47,10 @@ def test_loss_is_cross_entropy_at_alpha_0_and_the_softened_kl_at_alpha_1():
     p, q = torch.softmax(teacher / 2, -1), torch.softmax(student / 2, -1)
     by_hand = 4 * (p * (p.log() - q.log())).sum(-1).mean()  # T^2 * KL(teacher || student) per row, averaged
     assert torch.isclose(distillation_loss(student, teacher, labels, cross_entropy, 1.0, 2.0), by_hand)
+
+
+def test_the_student_may_not_replace_its_teacher(tiny_model_dir):
+    assert main(["distill", "--teacher", str(tiny_model_dir), "--data", "unused", "--output", str(tiny_model_dir)]) == 2
 
 
 def test_teacher_from_another_split_is_refused(tiny_model_dir, tweets_dir):
@@ -74,4 +83,7 @@ def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
     assert model.config.num_labels == 3 and Config.load(output).distill.teacher == str(tiny_model_dir)
 
     monkeypatch.setattr(distill, "score_rows", lambda *args, **kwargs: pytest.fail("the transfer set was scored again"))
-    assert main(command[:-len(TINY)] + TINY) == 0  # reused: no scoring
+    assert main(command) == 0  # reused: no scoring
+    capsys.readouterr()
+    assert main([*command, "--augment", "1"]) == 2  # the same directory, another set: refused, not silently reused
+    assert "a transfer set for another augment" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config, tweet_rows, write_jsonl
 
 from sam.config import Config
-from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, max_concurrent_trials, search_space, trial_config
+from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, fitted_space, max_concurrent_trials, search_space, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shape of conftest's tiny model, as command-line options (each one fixed, so out of the space).
@@ -38,6 +38,17 @@ def test_space_keys_are_config_knobs_and_every_shape_is_valid():
             config = trial_config(Config(), {"d_model": d_model, "num_heads": heads})
             assert config.model.d_model % config.model.num_heads == 0
             assert config.model.d_ff == 4 * d_model
+
+
+def test_knobs_given_by_hand_stay_as_given():
+    base = Config().with_flat(num_heads=8, d_ff=512)
+    space = fitted_space(search_space(), base, fixed=("num_heads", "d_ff"))
+    assert "num_heads" not in space and set(space["d_model"].categories) == {64, 128, 192, 256}
+    assert trial_config(base, {"d_model": 128}, fixed=("d_ff",)).model.d_ff == 512
+    assert trial_config(base, {"d_model": 128}).model.d_ff == 4 * 128  # not given by hand: follows the width
+    three_heads = fitted_space(search_space(), Config().with_flat(num_heads=3, d_model=192), fixed=("num_heads",))
+    assert set(three_heads["d_model"].categories) == {192}
+    assert {"alpha", "temperature", "augment"} <= set(search_space(distilling=True))
 
 
 def test_fractional_gpus_pack_trials_on_one_gpu():
