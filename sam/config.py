@@ -92,7 +92,7 @@ class DistillConfig:
 
     teacher: Optional[str] = _knob(None, "model directory whose scores the model learns from (sam distill)")
     augment: int = _knob(2, "augmented copies of each training row in the transfer set (masking, word replacement, n-grams)")
-    alpha: float = _knob(0.5, "weight of the teacher's softened scores; 1 - alpha is the gold labels'")
+    alpha: float = _knob(0.9, "weight of the teacher's softened scores; 1 - alpha is the gold labels'")
     temperature: float = _knob(2.0, "softmax temperature of teacher and student in the distillation term")
 
     def __post_init__(self) -> None:
