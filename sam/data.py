@@ -249,12 +249,17 @@ def split_key(texts, seed: int) -> np.ndarray:
                      for t in texts])
 
 
+def split_bins(texts, seed: int) -> np.ndarray:
+    """Each text's split-key bin, the unit the split and `--limit-train` thresholds are counted in."""
+    return (split_key(texts, seed) * SPLIT_BINS).astype(np.int64)
+
+
 def _block_summary(batch: pd.DataFrame, seed: int) -> pd.DataFrame:
     """One row per block: its dropped rows by reason (the first few by location) and a histogram of its valid
     rows by class and split key, from which the driver sets the split without seeing a row."""
     good, bad = batch[batch["problem"] == ""], batch[batch["problem"] != ""]
     labelled = good[good["label"] >= 0]  # rows read for scoring may have no label
-    cells = labelled["label"].to_numpy() * SPLIT_BINS + (split_key(labelled["text"], seed) * SPLIT_BINS).astype(np.int64)
+    cells = labelled["label"].to_numpy() * SPLIT_BINS + split_bins(labelled["text"], seed)
     return pd.DataFrame({"summary": [json.dumps({
         "kept": len(good),
         "dropped": Counter(bad["problem"]),
@@ -320,8 +325,8 @@ def split_edges(histogram: np.ndarray, val_fraction: float) -> list[int]:
 
 
 def _one_side(batch: pd.DataFrame, seed: int, edges: list[int], cut: int, validation: bool) -> pd.DataFrame:
-    good = batch[batch["problem"] == ""]
-    bins = (split_key(good["text"], seed) * SPLIT_BINS).astype(np.int64)
+    good = _valid_rows(batch)
+    bins = split_bins(good["text"], seed)
     in_validation = bins < np.asarray(edges)[good["label"].to_numpy()]
     return good.loc[(in_validation == validation) & (bins < cut), ["text", "label"]]
 
