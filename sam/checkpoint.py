@@ -8,11 +8,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import pyarrow.fs
 import ray.train
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from sam import storage
 from sam.config import CONFIG_FILE, Config
 from sam.learner import Learner
 
@@ -54,23 +57,20 @@ def read_progress(checkpoint: ray.train.Checkpoint) -> dict:
 
 def check_output(output: str | Path) -> None:
     """An export replaces a model directory, never anything else: checked before a run spends its time."""
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / CONFIG_FILE).is_file())):
-        raise ValueError(f"{output}: exists and is not a SAM model directory; choose another --output")
+    fs, inner = storage.filesystem(output)
+    kind = fs.get_file_info(inner).type
+    if kind == pyarrow.fs.FileType.Directory and fs.get_file_info(pyarrow.fs.FileSelector(inner)) \
+            and not storage.exists(storage.join(output, CONFIG_FILE)):
+        kind = pyarrow.fs.FileType.File
+    if kind == pyarrow.fs.FileType.File:
+        raise ValueError(f"{storage.redact(output)}: exists and is not a SAM model directory; choose another --output")
 
 
-def export(checkpoint: ray.train.Checkpoint, output: str | Path, extra_metrics: dict,
-           latest: ray.train.Checkpoint | None = None) -> dict:
-    """The checkpoint as a clean model directory (no training state) with metrics.json beside it; the history
-    comes from `latest` when given, since the best epoch's own record stops at that epoch. Written beside the
-    output and swapped in whole, so a failed export leaves the previous model as it was."""
-    output = Path(output).resolve()
-    check_output(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    with checkpoint.as_directory() as directory:
-        progress = json.loads(Path(directory, PROGRESS_FILE).read_text())
-        shutil.copytree(directory, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(PROGRESS_FILE, TRAINING_STATE_FILE))
+def _write_model_dir(checkpoint: ray.train.Checkpoint, directory: Path, extra_metrics: dict,
+                     latest: ray.train.Checkpoint | None, extras: Callable[[Path], None] | None) -> dict:
+    with checkpoint.as_directory() as saved:
+        progress = json.loads(Path(saved, PROGRESS_FILE).read_text())
+        shutil.copytree(saved, directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns(PROGRESS_FILE, TRAINING_STATE_FILE))
     exported = progress["epoch"]
     if latest is not None:
         progress = read_progress(latest)
@@ -80,13 +80,38 @@ def export(checkpoint: ray.train.Checkpoint, output: str | Path, extra_metrics: 
         "best_epoch": exported, "epochs_run": progress["epoch"], "peak_lr": progress["peak_lr"],
         "history": progress["history"], **extra_metrics,
     }
-    Path(staging, METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    if output.exists():
-        replaced = output.with_name(f".{output.name}.replaced")
-        shutil.rmtree(replaced, ignore_errors=True)
-        output.rename(replaced)
-        staging.rename(output)
-        shutil.rmtree(replaced)
-    else:
-        staging.rename(output)
+    Path(directory, METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    if extras is not None:
+        extras(directory)
+    return metrics
+
+
+def export(checkpoint: ray.train.Checkpoint, output: str | Path, extra_metrics: dict,
+           latest: ray.train.Checkpoint | None = None, extras: Callable[[Path], None] | None = None) -> dict:
+    """The checkpoint as a clean model directory (no training state) with metrics.json beside it, and whatever
+    `extras` writes into it; the history comes from `latest` when given, since the best epoch's own record stops
+    at that epoch. A local directory is written beside the output and swapped in whole; on object storage the
+    files are uploaded with sam_config.json last, so a partial upload is never taken for a model."""
+    check_output(output)
+    if storage.is_uri(output):
+        with tempfile.TemporaryDirectory() as staging:
+            metrics = _write_model_dir(checkpoint, Path(staging), extra_metrics, latest, extras)
+            storage.delete_dir(output)
+            storage.upload_dir(staging, storage.resolve(output), last=(CONFIG_FILE,))
+        return metrics
+    output = Path(output).expanduser().resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        metrics = _write_model_dir(checkpoint, staging, extra_metrics, latest, extras)
+        if output.exists():
+            replaced = output.with_name(f".{output.name}.replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            output.rename(replaced)
+            staging.rename(output)
+            shutil.rmtree(replaced)
+        else:
+            staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when the swap succeeded
     return metrics

@@ -7,22 +7,15 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
 from sam.config import DEFAULT_MODEL_DIR, Config, add_config_arguments, config_from_args
+from sam.storage import StorageError, delete_dir, exists, join, local_model_dir, ray_data_path, redact, resolve
 
 log = logging.getLogger("sam")
 
 VALIDATION = "validation"  # not a split on disk: the one carved from train when the model was trained
-
-
-def _storage(storage: str | None) -> str | None:
-    from sam.tune import storage_root  # Ray Train, like Tune, wants an absolute path or a URI
-
-    return storage and storage_root(storage)
 
 
 def _init_ray() -> None:
@@ -40,7 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_output(args.output)
     _init_ray()
-    metrics = train(config, args.output, storage=_storage(args.storage), name=args.name, max_failures=args.max_failures)
+    metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures,
+                    resume=args.resume)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return 0
 
@@ -53,13 +47,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if not config.distill.teacher:
         raise ValueError("--teacher is required: the model directory whose scores the student learns from")
-    if Path(args.output).resolve() == Path(config.distill.teacher).resolve():
-        raise ValueError(f"--output {args.output} is the teacher: the student would replace it")
+    if resolve(args.output) == resolve(config.distill.teacher):
+        raise ValueError(f"--output {redact(args.output)} is the teacher: the student would replace it")
     check_output(args.output)
     _init_ray()
-    data = prepare(config, args.transfer, **_scoring_args(args))
-    metrics = train(config, args.output, storage=_storage(args.storage), name=args.name, max_failures=args.max_failures,
-                    data=data)
+    data = prepare(config, args.transfer, root=args.storage, **_scoring_args(args))
+    metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures,
+                    data=data, resume=args.resume)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return 0
 
@@ -76,7 +70,7 @@ def search_config(args: argparse.Namespace) -> Config:
 def cmd_tune(args: argparse.Namespace) -> int:
     from sam.checkpoint import check_output
     from sam.distill import check_teacher_split
-    from sam.tune import export_best, format_leaderboard, is_complete, resume_search, run_search, summarize
+    from sam.tune import experiment_path, export_best, format_leaderboard, is_complete, resume_search, run_search, summarize
 
     knobs = {name for section in Config().to_dict().values() for name in section}
     fixed = tuple(name for name in vars(args) if name in knobs)  # given by hand: left out of the search space
@@ -85,9 +79,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if config.distill.teacher:
         check_teacher_split(config)
     name = args.name or f"sam-search-{time.strftime('%Y%m%d-%H%M%S')}"
+    found = exists(experiment_path(args.storage, name))
+    if found and not args.resume:
+        raise ValueError(f"search {name!r} exists under {redact(args.storage)}: pass --resume to continue it, or choose another --name")
+    if args.resume and not found:
+        raise ValueError(f"--resume: no search {name!r} under {redact(args.storage)} to continue")
     _init_ray()
     if args.resume:
-        results, spec = resume_search(args.storage, name)
+        results, spec = resume_search(args.storage, name, given=config, fixed=fixed)
     else:
         results, spec = run_search(config, args.storage, name, args.num_samples, grace_period=args.grace_period,
                                    reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent, fixed=fixed)
@@ -97,7 +96,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"search interrupted; continue it with: sam tune --storage {args.storage} --name {name} --resume", file=sys.stderr)
         return 130
     metrics = export_best(rows, args.output, args.storage, name)
-    print(json.dumps({"output": args.output, "trial_id": metrics["trial_id"], "val_accuracy": metrics["val_accuracy"],
+    print(json.dumps({"output": redact(args.output), "trial_id": metrics["trial_id"], "val_accuracy": metrics["val_accuracy"],
                       "val_macro_f1": metrics["val_macro_f1"], "best_epoch": metrics["best_epoch"]}))
     return 0
 
@@ -114,7 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
     _init_ray()
     if args.split == VALIDATION:  # the model's own split settings, over the data given here
-        split = train_and_validation(Config.load(args.model).with_flat(data=args.data))
+        split = train_and_validation(Config.load(local_model_dir(args.model)).with_flat(data=args.data))
         rows, report = split.val, split.report
     else:
         rows = read_rows(args.data, args.split)
@@ -158,17 +157,18 @@ def predict_dataset(args: argparse.Namespace) -> int:
     rows = read_rows(args.data, args.split, require_label=False)
     report, _ = summarize(rows, args.data, seed=0)
     scored = score_rows(valid_only(rows), args.model, **_scoring_args(args)).drop_columns(["true_label"])
-    output = Path(args.output).resolve()
-    overwrite = {"mode": ray.data.SaveMode.OVERWRITE}  # a rerun replaces its output instead of adding to it
+    predictions, rejects = join(args.output, "predictions"), join(args.output, "rejects")
+    # A rerun replaces its output instead of adding to it; writes hold no CPU, so they go on beside the scorers.
+    write = {"mode": ray.data.SaveMode.OVERWRITE, "ray_remote_args": {"num_cpus": 0}}
     if args.format == "parquet":
-        scored.write_parquet(str(output / "predictions"), **overwrite)
+        scored.write_parquet(ray_data_path(predictions), **write)
     else:
-        scored.write_json(str(output / "predictions"), **overwrite)
-    shutil.rmtree(output / "rejects", ignore_errors=True)
+        scored.write_json(ray_data_path(predictions), **write)
+    delete_dir(rejects)
     if report.dropped:
-        dropped_only(rows).select_columns(["where", "problem", "id", "text"]).write_json(str(output / "rejects"))
-    print(json.dumps({"predictions": str(output / "predictions"), "rows": report.kept,
-                      "rejects": str(output / "rejects") if report.dropped else None, "rejected": dict(report.dropped)}))
+        dropped_only(rows).select_columns(["where", "problem", "id", "text"]).write_json(ray_data_path(rejects), **write)
+    print(json.dumps({"predictions": redact(predictions), "rows": report.kept,
+                      "rejects": redact(rejects) if report.dropped else None, "rejected": dict(report.dropped)}))
     return 0
 
 
@@ -187,9 +187,13 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", default=DEFAULT_MODEL_DIR, help=f"model directory to write (default: {DEFAULT_MODEL_DIR})")
-    parser.add_argument("--storage", default=None, help="Ray Train storage path or URI for checkpoints (default: ~/ray_results)")
-    parser.add_argument("--name", default=None, help="run name under the storage path")
+    parser.add_argument("--output", default=DEFAULT_MODEL_DIR,
+                        help=f"model directory to write, a local path or a URI (default: {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--storage", default=None,
+                        help="path or URI for checkpoints, which every node must reach on a cluster (default: ~/ray_results)")
+    parser.add_argument("--name", default=None, help="run name under the storage path (default: sam-train-<time>-<random>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run --name from its last checkpoint, "
+                        "with the config it was started with")
     parser.add_argument("--max-failures", type=int, default=1, help="worker failures survived by restarting from the last checkpoint")
 
 
@@ -216,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory. Validation rows are never scored or trained on.")
     add_run_arguments(distill)
     distill.add_argument("--transfer", default=None,
-                         help="parquet directory of the scored transfer set: reused when complete (default: one named "
-                              "for the teacher, data, split and augmentation under ~/ray_results)")
+                         help="parquet directory or URI of the scored transfer set: reused when complete (default: one named "
+                              "for the teacher, data, split and augmentation under --storage, else ~/ray_results)")
     add_scoring_arguments(distill)
     add_config_arguments(distill, sections=("distill", "model", "train", "data", "scale"))
     distill.set_defaults(run=cmd_distill)
@@ -284,11 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s", level=logging.INFO)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "tune" and args.resume and not args.name:
-        parser.error("--resume needs the --name of the search to continue")
+    if getattr(args, "resume", False) and not args.name:
+        parser.error("--resume needs the --name of the run to continue")
     try:
         return args.run(args)
-    except (DataError, ModelDirError, ValueError) as error:
+    except (DataError, ModelDirError, StorageError, ValueError) as error:
         print(f"sam {args.command}: error: {error}", file=sys.stderr)
         return 2
 

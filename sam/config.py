@@ -16,7 +16,9 @@ POOLINGS = ("cls", "mean")
 BACKENDS = ("auto", "nccl", "gloo")
 # What fine-tuning a pretrained encoder (`init`) changes from the from-scratch defaults, unless given by hand:
 # the recipe measured for MiniLM (docs/experiments.md); from-scratch's lr is ten times what fine-tuning wants.
-FINE_TUNING = {"lr": 5e-5, "warmup_steps": 100, "epochs": 2, "batch_size": 32, "class_weights": False, "label_smoothing": 0.0}
+# bf16 pays on a GPU only where matmuls are big enough to outweigh autocast's casts: not for the small default encoder.
+FINE_TUNING = {"lr": 5e-5, "warmup_steps": 100, "epochs": 2, "batch_size": 32, "class_weights": False, "label_smoothing": 0.0,
+               "bf16": True}
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -105,10 +107,10 @@ class DistillConfig:
 @dataclass
 class ScaleConfig:
     num_workers: int = _knob(1, "Ray Train workers (DDP)")
-    use_gpu: bool = _knob(False, "train on GPUs (gpus_per_worker each), bf16 autocast unless bf16 is false")
+    use_gpu: bool = _knob(False, "train on GPUs (gpus_per_worker each)")
     gpus_per_worker: float = _knob(1.0, "GPUs per worker with use_gpu; a fraction shares one GPU (0.25: four workers or trials per GPU)")
     backend: str = _knob("auto", "torch.distributed backend: auto (gloo on CPU or when workers share a GPU, else nccl) | nccl | gloo")
-    bf16: bool = _knob(True, "bf16 autocast on GPU; false keeps fp32")
+    bf16: bool = _knob(False, "bf16 autocast on GPU (the small default encoder ran at 0.45x fp32 under it, docs/benchmarks.md)")
     cpus_per_worker: int = _knob(1, "CPUs Ray reserves per worker")
     torch_threads: int = _knob(0, "intra-op threads per worker; 0 = this node's cores / workers")
     placement_strategy: str = _knob("PACK", "Ray placement of the workers: PACK (fewest nodes) | SPREAD (across nodes)")
@@ -155,6 +157,12 @@ class Config:
                 raise ValueError(f"unknown {section.name} settings: {sorted(unknown)}")
             sections[section.name] = section_type(**given)
         return cls(**sections)
+
+    def differences(self, other: "Config", sections: tuple[str, ...] = ("model", "train", "data", "distill")) -> list[str]:
+        """The knobs of `sections` whose values differ, as `name: mine -> other`."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{knob}: {value!r} -> {theirs[section][knob]!r}" for section in sections
+                for knob, value in mine[section].items() if theirs[section][knob] != value]
 
     def with_flat(self, **flat: Any) -> "Config":
         """A copy with knobs replaced by their bare names (`lr=...`, `num_layers=...`), as Tune samples them."""

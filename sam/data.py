@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,21 +25,31 @@ import ray.data
 from sam import LABELS
 from sam.config import Config
 from sam.encoding import MAX_TEXT_CHARS, encode_rows
+from sam.storage import ray_data_path
 
 log = logging.getLogger("sam")
 
 JSON_LINES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 FORMATS = (*JSON_LINES, ".parquet", ".csv", ".csv.gz")
 LABEL_NAMES = {name.lower(): i for i, name in enumerate(LABELS)}
-# Data tasks reserve no CPU: they are light next to a training step, and a task waiting for a free CPU hangs the
-# run forever once the training workers hold them all (2 workers on a 2-CPU machine). At most this many run at once.
-DATA_TASKS = 2
-LIGHT_TASKS = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=DATA_TASKS)}
-# Ray warns when a small source gives fewer blocks than that bound: nothing to fix, and it repeats every epoch.
+# Ray warns when a small source gives fewer blocks than the task bound: nothing to fix, and it repeats every epoch.
 warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
+# SAM writes a plain local path on a cluster through `local://` on purpose (storage.ray_data_path).
+warnings.filterwarnings("ignore", message="`local://` paths in Ray Data are deprecated")
 SPLIT_BINS = 4096  # resolution of the per-class split thresholds: one bin is 1/4096 of a class's rows
 TOKENIZER_SAMPLE = 200_000  # texts the corpus WordPiece learns from, at most
 EXAMPLES = 5  # dropped rows named by file and line in the report
+
+
+def data_tasks() -> int:
+    """Tasks of one data stage at once: one per CPU of the cluster as the pipeline is built (at least 2)."""
+    return max(2, int(ray.cluster_resources().get("CPU", 0))) if ray.is_initialized() else max(2, os.cpu_count() or 1)
+
+
+def light_tasks() -> dict:
+    """Data tasks reserve no CPU: they are light next to a training step, and a task waiting for a free CPU hangs
+    the run forever once the training workers hold them all (2 workers on a 2-CPU machine)."""
+    return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=data_tasks())}
 
 
 class DataError(ValueError):
@@ -215,15 +226,17 @@ def read_rows(source: str, split: str = "train", require_label: bool = True) -> 
             raise DataError(f"{source}: cannot load split {split!r} from the hub ({error})") from error
         # `datasets` keeps the split memory-mapped in its cache; for corpora past one machine, give files or URIs.
         return ray.data.from_huggingface(hub).map_batches(validate_batch, batch_format="pandas",
-                                                          fn_kwargs={"require_label": require_label}, **LIGHT_TASKS)
+                                                          fn_kwargs={"require_label": require_label}, **light_tasks())
     filesystem, files = list_files(source, split)
-    reads = {"num_cpus": 0, "concurrency": DATA_TASKS}
+    reads = {"num_cpus": 0, "concurrency": data_tasks()}
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):  # read where the files are: the driver's node
+        files, filesystem = [ray_data_path(f) for f in files], None
     by_format = {name: [f for f in files if _format_of(f) in suffixes]
                  for name, suffixes in {"json": JSON_LINES, "parquet": (".parquet",), "csv": (".csv", ".csv.gz")}.items()}
     parts = []
     if by_format["json"]:
         raw = ray.data.read_binary_files(by_format["json"], filesystem=filesystem, include_paths=True, **reads)
-        parts.append(raw.flat_map(_parse_json_lines, **LIGHT_TASKS))
+        parts.append(raw.flat_map(_parse_json_lines, **light_tasks()))
     if by_format["parquet"]:
         parts.append(ray.data.read_parquet(by_format["parquet"], filesystem=filesystem, include_paths=True, **reads))
     if by_format["csv"]:
@@ -231,7 +244,7 @@ def read_rows(source: str, split: str = "train", require_label: bool = True) -> 
         as_text = pyarrow.csv.ConvertOptions(column_types={c: pyarrow.string() for c in ("text", "label", "label_text", "id")})
         parts.append(ray.data.read_csv(by_format["csv"], filesystem=filesystem, include_paths=True,
                                        convert_options=as_text, **reads))
-    validated = [part.map_batches(_located, batch_format="pandas", fn_kwargs={"require_label": require_label}, **LIGHT_TASKS)
+    validated = [part.map_batches(_located, batch_format="pandas", fn_kwargs={"require_label": require_label}, **light_tasks())
                  for part in parts]
     return validated[0].union(*validated[1:]) if len(validated) > 1 else validated[0]
 
@@ -277,11 +290,11 @@ def _dropped_rows(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def valid_only(rows: ray.data.Dataset) -> ray.data.Dataset:
-    return rows.map_batches(_valid_rows, batch_format="pandas", **LIGHT_TASKS)
+    return rows.map_batches(_valid_rows, batch_format="pandas", **light_tasks())
 
 
 def dropped_only(rows: ray.data.Dataset) -> ray.data.Dataset:
-    return rows.map_batches(_dropped_rows, batch_format="pandas", **LIGHT_TASKS)
+    return rows.map_batches(_dropped_rows, batch_format="pandas", **light_tasks())
 
 
 def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadReport, np.ndarray]:
@@ -289,7 +302,7 @@ def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadRepor
     report, histogram = LoadReport(source=source), np.zeros((len(LABELS), SPLIT_BINS), dtype=np.int64)
     try:
         summaries = rows.map_batches(_block_summary, batch_format="pandas", batch_size=None, fn_kwargs={"seed": seed},
-                                     **LIGHT_TASKS)
+                                     **light_tasks())
         for row in summaries.iter_rows():
             part = json.loads(row["summary"])
             report.kept += part["kept"]
@@ -356,7 +369,7 @@ def train_and_validation(config: Config) -> Split:
                         f"at val_fraction {config.data.val_fraction}")
 
     def side(validation: bool) -> ray.data.Dataset:
-        return rows.map_batches(_one_side, batch_format="pandas", **LIGHT_TASKS,
+        return rows.map_batches(_one_side, batch_format="pandas", **light_tasks(),
                                 fn_kwargs={"seed": config.train.seed, "edges": edges, "cut": cut, "validation": validation})
 
     # Blocks in a seeded random order, so a source sorted or sharded by class still mixes across the epoch.
@@ -406,7 +419,7 @@ def replacement_words(train: ray.data.Dataset) -> list[str]:
 
 def transfer_rows(train: ray.data.Dataset, copies: int, seed: int) -> ray.data.Dataset:
     """The distillation transfer set: the training rows and `copies` augmented copies of each."""
-    return train.map_batches(_with_augmented_copies, batch_format="pandas", **LIGHT_TASKS,
+    return train.map_batches(_with_augmented_copies, batch_format="pandas", **light_tasks(),
                              fn_kwargs={"copies": copies, "seed": seed, "words": replacement_words(train)})
 
 
@@ -435,7 +448,7 @@ def class_weights(counts: np.ndarray) -> list[float]:
 def tokenize(rows: ray.data.Dataset, tokenizer, max_length: int) -> ray.data.Dataset:
     """Token ids and labels, computed as training consumes them (the Rust tokenizer travels to the tasks: it
     unpickles without importing transformers)."""
-    return rows.map_batches(encode_rows, batch_format="pandas", **LIGHT_TASKS,
+    return rows.map_batches(encode_rows, batch_format="pandas", **light_tasks(),
                             fn_kwargs={"tokenizer": tokenizer.backend_tokenizer, "max_length": max_length})
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +17,11 @@ import ray.data
 from sam.config import Config
 from sam.data import PreparedData, Split, prepare_data, train_and_validation, transfer_rows
 from sam.predict import WEIGHTS_FILE, score_rows
+from sam.storage import delete_dir, exists, join, local_model_dir, ray_data_path, read_text, redact, resolve, write_text
 
 log = logging.getLogger("sam")
 
-TRANSFER_ROOT = "~/ray_results"
+TRANSFER_ROOT = "~/ray_results"  # without --storage
 MANIFEST = "manifest.json"  # written last: what the set was built from and how many rows it holds
 
 
@@ -35,7 +34,7 @@ class Transfer:
 def check_teacher_split(config: Config) -> None:
     """A teacher validated on another split has trained on some of this one's validation rows, and its scores
     would leak them into the student."""
-    teacher = Config.load(config.distill.teacher)
+    teacher = Config.load(local_model_dir(config.distill.teacher))
     mine, theirs = ((c.train.seed, c.data.val_fraction, c.data.limit_train) for c in (config, teacher))
     if mine != theirs:
         raise ValueError(f"teacher {config.distill.teacher} was split with (seed, val_fraction, limit_train) = {theirs}, "
@@ -44,55 +43,54 @@ def check_teacher_split(config: Config) -> None:
 
 def transfer_key(config: Config) -> dict:
     """What a transfer set depends on: the teacher's weights (not its path), the data, the split, the augmentation."""
-    weights = hashlib.sha256(Path(config.distill.teacher, WEIGHTS_FILE).read_bytes()).hexdigest()
+    weights = hashlib.sha256(Path(local_model_dir(config.distill.teacher), WEIGHTS_FILE).read_bytes()).hexdigest()
     return {"teacher_weights": weights, "data": config.with_absolute_paths().data.data, "limit": config.data.limit_train,
             "val_fraction": config.data.val_fraction, "seed": config.train.seed, "augment": config.distill.augment}
 
 
-def transfer_dir(config: Config, root: str | Path) -> Path:
+def transfer_dir(config: Config, root: str) -> str:
     digest = hashlib.sha256(json.dumps(transfer_key(config), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(root).expanduser().resolve() / f"sam-transfer-{digest}"
+    return join(root, f"sam-transfer-{digest}")
 
 
-def build_transfer_set(config: Config, split: Split, directory: Path, actors: int = 1, gpus_per_actor: float = 0.0,
+def build_transfer_set(config: Config, split: Split, directory: str, actors: int = 1, gpus_per_actor: float = 0.0,
                        quantize: bool = False) -> Transfer:
     """The training rows and their augmented copies with the teacher's logits, scored once by a pool of teacher
-    replicas and streamed to parquet; a complete set for the same key is reused."""
-    key = transfer_key(config)
-    if not (directory / MANIFEST).is_file():
-        if directory.exists():
-            raise ValueError(f"{directory}: exists but holds no complete transfer set; remove it or choose another --transfer")
-        log.info("scoring the transfer set with teacher %s into %s", config.distill.teacher, directory)
+    replicas and streamed to parquet in `directory` (a local path or a URI); a complete set for the same key is
+    reused. Each writer writes a part of its own and the manifest, written last, names the part that holds the
+    set: two runs (or trials) building the same set at once never mix their rows, on any storage."""
+    key, manifest_path = transfer_key(config), join(directory, MANIFEST)
+    if not exists(manifest_path):
+        part = f"part-{secrets.token_hex(4)}"
+        log.info("scoring the transfer set with teacher %s into %s", redact(config.distill.teacher), redact(directory))
         rows = transfer_rows(split.train, config.distill.augment, config.train.seed)
         scored = score_rows(rows, config.distill.teacher, actors=actors, gpus_per_actor=gpus_per_actor, quantize=quantize,
                             with_logits=True)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        scored.select_columns(["text", "true_label", "logits"]) \
-            .rename_columns({"true_label": "label", "logits": "teacher_logits"}).write_parquet(str(partial))
-        count = ray.data.read_parquet(str(partial)).count()
-        (partial / MANIFEST).write_text(json.dumps({"key": key, "rows": count}, indent=2) + "\n")
         try:
-            os.rename(partial, directory)  # atomic: of two runs writing the same set, one wins whole
-        except OSError:
-            shutil.rmtree(partial, ignore_errors=True)
-            if not (directory / MANIFEST).is_file():
-                raise
-    manifest = json.loads((directory / MANIFEST).read_text())
+            scored.select_columns(["text", "true_label", "logits"]) \
+                .rename_columns({"true_label": "label", "logits": "teacher_logits"}) \
+                .write_parquet(ray_data_path(join(directory, part)), ray_remote_args={"num_cpus": 0})
+            count = ray.data.read_parquet(ray_data_path(join(directory, part))).count()
+        except BaseException:
+            delete_dir(join(directory, part))  # nothing half-written left behind
+            raise
+        if not exists(manifest_path):  # else another run finished the same set first: use that one
+            write_text(manifest_path, json.dumps({"key": key, "rows": count, "part": part}, indent=2) + "\n")
+    manifest = json.loads(read_text(manifest_path))
     if manifest["key"] != key:
         differ = sorted(k for k in key if manifest["key"].get(k) != key[k])
-        raise ValueError(f"{directory}: a transfer set for another {', '.join(differ)}; remove it or choose another --transfer")
-    log.info("transfer set %s: %d rows", directory, manifest["rows"])
-    return Transfer(ray.data.read_parquet(str(directory), file_extensions=["parquet"]), manifest["rows"])
+        raise ValueError(f"{redact(directory)}: a transfer set for another {', '.join(differ)}; remove it or choose another --transfer")
+    log.info("transfer set %s: %d rows", redact(directory), manifest["rows"])
+    return Transfer(ray.data.read_parquet(ray_data_path(join(directory, manifest["part"]))), manifest["rows"])
 
 
-def prepare(config: Config, transfer: str | Path | None = None, **scoring) -> PreparedData:
-    """`prepare_data`, on the teacher-scored transfer set when the config names a teacher: in `transfer`, or by
-    default in a directory named for what it holds under ~/ray_results."""
+def prepare(config: Config, transfer: str | None = None, root: str | None = None, **scoring) -> PreparedData:
+    """`prepare_data`, on the teacher-scored transfer set when the config names a teacher: in `transfer` (a path
+    or URI), or by default in a directory named for what it holds under `root` (default ~/ray_results)."""
     if not config.distill.teacher:
         return prepare_data(config)
     check_teacher_split(config)
     split = train_and_validation(config)
-    directory = Path(transfer).expanduser().resolve() if transfer else transfer_dir(config, TRANSFER_ROOT)
+    directory = resolve(transfer) if transfer else transfer_dir(config, root or TRANSFER_ROOT)
     scored = build_transfer_set(config, split, directory, **scoring)
     return prepare_data(config, split, scored.rows, scored.count)

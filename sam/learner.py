@@ -67,8 +67,8 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     return alpha * soft + (1 - alpha) * hard_loss(logits, labels)
 
 
-def autocast(device: torch.device, bf16: bool = True):
-    """bf16 autocast on GPU unless turned off; CPU stays fp32 (bf16 matmuls are slower than fp32 on most CPUs)."""
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on GPU when asked; CPU stays fp32 (bf16 matmuls are slower than fp32 on most CPUs)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext()
 
 
@@ -113,13 +113,13 @@ class Predictions:
 class EpochStats:
     samples: int = 0
     steps: int = 0
-    loss_sum: float = 0.0
+    loss_sum: float | torch.Tensor = 0.0  # summed on the device: reading it back is a GPU sync, done when logged
     seconds: float = 0.0
     data_wait_s: float = 0.0  # the loop sat waiting for its next batch: input-bound when this is large
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / max(self.samples, 1)
+        return float(self.loss_sum) / max(self.samples, 1)
 
     @property
     def samples_per_s(self) -> float:
@@ -131,7 +131,7 @@ class Learner:
     wrapped for DDP; what is evaluated and saved is the plain module or its weight average."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, class_weights: list[float] | None,
-                 device: torch.device, bf16: bool = True, distill: Optional[DistillConfig] = None):
+                 device: torch.device, bf16: bool = False, distill: Optional[DistillConfig] = None):
         self.model, self.config, self.device, self.bf16, self.distill = model, config, device, bf16, distill
         self.module = model.module if hasattr(model, "module") else model
         self.optimizer = make_optimizer(model, config)
@@ -147,8 +147,9 @@ class Learner:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def step(self, batch: dict[str, torch.Tensor]) -> float:
-        """One optimiser step on one padded batch, then the weight average's update; returns the batch loss."""
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimiser step on one padded batch, then the weight average's update; returns the batch loss, on
+        the device (no sync)."""
         self.model.train()
         with autocast(self.device, self.bf16):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -164,7 +165,7 @@ class Learner:
         self.scheduler.step()
         if self.averaged is not None:
             self.averaged.update_parameters(self.module)
-        return loss.item()
+        return loss.detach()
 
     def train_epoch(self, batches: Iterable[dict], after_step: Optional[Callable[[EpochStats], None]] = None) -> EpochStats:
         stats, started, batches = EpochStats(), time.perf_counter(), iter(batches)

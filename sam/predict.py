@@ -20,6 +20,7 @@ from sam import LABELS
 from sam.config import CONFIG_FILE, Config
 from sam.batching import pad_batch, token_budget_chunks
 from sam.encoding import encode
+from sam.storage import StorageError, local_model_dir, redact, resolve
 from sam.tokenizer import load_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
@@ -30,9 +31,13 @@ class ModelDirError(ValueError):
     """A model directory that cannot be served: the message is one line saying why."""
 
 
-def check_model_dir(directory: str | Path) -> None:
-    """Fails fast, in one line, on what would otherwise surface as a deep traceback."""
-    path = Path(directory)
+def check_model_dir(directory: str | Path) -> Path:
+    """Fails fast, in one line, on what would otherwise surface as a deep traceback. Returns the local directory
+    to load from: the one given, or this node's cached copy of one on object storage."""
+    try:
+        path = local_model_dir(directory)
+    except StorageError as error:
+        raise ModelDirError(str(error)) from None
     if not path.is_dir():
         raise ModelDirError(f"{path}: no such model directory")
     for required in ("config.json", WEIGHTS_FILE, CONFIG_FILE):
@@ -44,6 +49,7 @@ def check_model_dir(directory: str | Path) -> None:
         raise ModelDirError(f"{path}: unreadable config.json ({error})") from error
     if config.num_labels != len(LABELS):
         raise ModelDirError(f"{path}: model has {config.num_labels} labels, expected {len(LABELS)} ({', '.join(LABELS)})")
+    return path
 
 
 def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
@@ -56,8 +62,8 @@ def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
 
 class Predictor:
     def __init__(self, directory: str | Path, device: str = "cpu", quantize: bool = False):
-        check_model_dir(directory)
-        self.directory = Path(directory)
+        self.source = redact(directory)  # what it was loaded from, as it may be shown
+        self.directory = directory = check_model_dir(directory)
         self.config = Config.load(directory)
         try:
             self.tokenizer = load_tokenizer(str(directory))
@@ -139,7 +145,8 @@ def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, g
     """Valid rows (text; id and label where present) scored by a pool of `actors` model replicas, lazily."""
     check_model_dir(model_dir)
     return rows.map_batches(
-        BatchScorer, fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "quantize": quantize,
+        # A URI, so that each node's actors fetch the model into that node's cache, or an absolute local path.
+        BatchScorer, fn_constructor_kwargs={"model_dir": resolve(model_dir), "quantize": quantize,
                                             "with_logits": with_logits},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pandas",
         num_cpus=0 if gpus_per_actor else 1, num_gpus=gpus_per_actor or None,

@@ -30,6 +30,7 @@ from sam import LABELS
 from sam.config import DEFAULT_MODEL_DIR
 from sam.encoding import MAX_TEXT_CHARS
 from sam.predict import ModelDirError, Predictor, check_model_dir
+from sam.storage import resolve
 
 log = logging.getLogger("ray.serve")
 
@@ -307,7 +308,7 @@ class SentimentDeployment:
     def model(self) -> dict:
         metrics = {k: v for k, v in self.predictor.metrics.items() if k != "history"}
         return {
-            "model_dir": str(self.predictor.directory),
+            "model_dir": self.predictor.source,
             "labels": list(LABELS),
             "config": self.predictor.config.to_dict(),
             "metrics": metrics,
@@ -337,4 +338,4 @@ def build_app(args: ServeArgs) -> Application:
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
         user_config={"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s},
         **scaling,
-    ).bind(os.path.abspath(args.model_dir), args.quantize)
+    ).bind(resolve(args.model_dir), args.quantize)  # each replica's node fetches a URI into its own cache

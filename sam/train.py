@@ -3,9 +3,11 @@ standard Hugging Face model directory."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +22,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from sam import checkpoint
 from sam.batching import collate, training_batches
-from sam.config import Config, ScaleConfig
+from sam.config import CONFIG_FILE, Config, ScaleConfig
 from sam.data import PreparedData, prepare_data
 from sam.learner import EpochStats, Learner, Predictions, warmup_steps
 from sam.models import build_model, load_pretrained, summary
+from sam.storage import exists, is_uri, join, read_text, redact, resolve, write_text
 
 log = logging.getLogger("sam")
 
@@ -34,6 +37,7 @@ SELECT_METRIC, SELECT_MODE = "val_accuracy", "max"
 # global step, in a run that did not start from a checkpoint.
 FAULT_STEP_ENV, FAULT_RANK_ENV = "SAM_FAULT_AT_STEP", "SAM_FAULT_RANK"
 VAL_BATCH_SIZE = 256
+DEFAULT_STORAGE = "~/ray_results"  # Ray's own default
 
 
 class PadCollate(NumpyBatchCollateFn):
@@ -205,19 +209,50 @@ def checkpoint_config() -> CheckpointConfig:
     return CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECT_METRIC, checkpoint_score_order=SELECT_MODE)
 
 
+def new_run_name(kind: str = "train") -> str:
+    """Unique, so two runs started in the same second never share checkpoints."""
+    return f"sam-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def start_run(config: Config, storage: str | None, name: str, resume: bool = False) -> str:
+    """The run's directory under `storage` (default ~/ray_results). Ray Train continues any run it finds there, so
+    an existing name is refused unless `resume`, and then only with the config it was started with (the scale
+    may change). The config is saved there for that check."""
+    run = join(storage or DEFAULT_STORAGE, name)
+    saved = join(run, CONFIG_FILE)
+    nodes = sum(node["Alive"] for node in ray.nodes()) if ray.is_initialized() else 1
+    if not is_uri(run) and nodes > 1:
+        log.warning("--storage %s is a local path on a cluster of %d nodes: workers elsewhere write their checkpoints "
+                    "there only if every node mounts it; give a URI (s3://...) otherwise", run, nodes)
+    if not exists(run):
+        if resume:
+            raise ValueError(f"--resume: no run {name!r} under {redact(storage or DEFAULT_STORAGE)} to continue")
+        write_text(saved, json.dumps(config.to_dict(), indent=2) + "\n")
+    elif not resume:
+        raise ValueError(f"run {name!r} exists under {redact(storage or DEFAULT_STORAGE)}: pass --resume to continue it, "
+                         "or choose another --name")
+    elif exists(saved):
+        changed = Config.from_dict(json.loads(read_text(saved))).differences(config)
+        if changed:
+            raise ValueError(f"--resume: run {name!r} was started with another config ({'; '.join(changed)})")
+    return run
+
+
 def train(config: Config, output: str | Path, storage: str | None = None, name: str | None = None,
-          max_failures: int = 0, data: PreparedData | None = None) -> dict:
+          max_failures: int = 0, data: PreparedData | None = None, resume: bool = False) -> dict:
     """`sam train` (and `sam distill`, which brings its transfer set as `data`): data, trainer, fit, export of
     the best epoch. Returns the exported metrics."""
     started = time.perf_counter()
+    name = name or new_run_name()
+    start_run(config, storage, name, resume)
     data = data or prepare_data(config)
     per_epoch = steps_per_epoch(config, data.n_train)
     log.info("schedule: %d steps/epoch, warm-up %d steps to peak lr %.2e, then linear decay over %d steps",
              per_epoch, warmup_steps(config.train, per_epoch * config.train.epochs), config.train.lr,
              per_epoch * config.train.epochs)
     run_config = RunConfig(
-        name=name or f"sam-train-{time.strftime('%Y%m%d-%H%M%S')}",
-        storage_path=storage,
+        name=name,
+        storage_path=resolve(storage or DEFAULT_STORAGE),
         checkpoint_config=checkpoint_config(),
         failure_config=FailureConfig(max_failures=max_failures),
     )
@@ -228,5 +263,5 @@ def train(config: Config, output: str | Path, storage: str | None = None, name: 
         "wall_s": time.perf_counter() - started,
     }, latest=result.checkpoint)
     log.info("best epoch %d of %d: val accuracy %.4f, macro-F1 %.4f; model directory %s",
-             metrics["best_epoch"], metrics["epochs_run"], metrics["val_accuracy"], metrics["val_macro_f1"], output)
+             metrics["best_epoch"], metrics["epochs_run"], metrics["val_accuracy"], metrics["val_macro_f1"], redact(output))
     return metrics

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import pyarrow.fs
 import ray
 import ray.train
 from ray import tune
@@ -21,6 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 from sam import checkpoint
 from sam.config import Config
 from sam.distill import prepare
+from sam.storage import filesystem as uri_filesystem, join, redact, resolve
 from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, make_trainer
 
 log = logging.getLogger("sam")
@@ -76,18 +76,19 @@ def fitted_space(space: dict, base: Config, fixed: tuple[str, ...]) -> dict:
     return space
 
 
-def run_trial(sampled: dict, base: dict, fixed: list[str], train_storage: str) -> None:
+def run_trial(sampled: dict, base: dict, fixed: list[str], experiment: str) -> None:
     """The function trainable: it only drives one Ray Train run, whose workers hold the compute. The callback
     relays every epoch's metrics, with its checkpoint's path, to Tune, so ASHA can stop the run between epochs."""
     config = trial_config(Config.from_dict(base), sampled, tuple(fixed))
     run_config = ray.train.RunConfig(
         # The same (storage, name) when a trial restarts makes Train resume from the trial's last checkpoint.
         name=tune.get_context().get_trial_id(),
-        storage_path=train_storage,
+        storage_path=join(experiment, "train_runs"),
         checkpoint_config=checkpoint_config(),
         callbacks=[TuneReportCallback()],
     )
-    make_trainer(config, prepare(config), run_config).fit()
+    # Transfer sets live with the search, where every node's trials find them (each is scored once).
+    make_trainer(config, prepare(config, root=experiment), run_config).fit()
 
 
 @dataclass
@@ -103,48 +104,29 @@ class SearchSpec:
         return Config.from_dict(self.base).train.epochs
 
 
-def _filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
 def _write_spec(experiment: str, spec: SearchSpec) -> None:
-    fs, path = _filesystem(experiment)
+    fs, path = uri_filesystem(experiment)
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{SPEC_FILE}") as stream:
         stream.write(json.dumps(spec.__dict__, indent=2).encode())
 
 
 def read_spec(experiment: str) -> SearchSpec:
-    fs, path = _filesystem(experiment)
+    fs, path = uri_filesystem(experiment)
     with fs.open_input_stream(f"{path}/{SPEC_FILE}") as stream:
         return SearchSpec(**json.loads(stream.read()))
 
 
-def storage_root(storage: str) -> str:
-    """Local paths are made absolute (Tune needs that); URIs are kept."""
-    return storage.rstrip("/") if "://" in storage else str(Path(storage).expanduser().resolve())
-
-
 def experiment_path(storage: str, name: str) -> str:
-    return f"{storage_root(storage)}/{name}"
-
-
-def max_concurrent_trials(config: Config, free: dict[str, float]) -> int:
-    """As many trials as the free CPUs and GPUs hold, keeping one CPU free for Ray Data (a starting trial reads
-    its data in CPU tasks); fractional `gpus_per_worker` packs several trials on one GPU."""
-    scale = config.scale
-    fit = max(1, int((free.get("CPU", 0) - 1) // (scale.num_workers * scale.cpus_per_worker)))
-    if scale.use_gpu:
-        fit = min(fit, max(1, math.floor(free.get("GPU", 0) / (scale.num_workers * scale.gpus_per_worker) + 1e-9)))
-    return fit
+    return join(storage, name)
 
 
 def _trainable(experiment: str, spec: SearchSpec):
-    # No CPU for the trial's own actor: it only drives its Train run, whose worker group reserves the CPUs/GPUs
-    # in a placement group of its own (a CPU held here would be one Ray Data could not use). Concurrency is
-    # bounded by `max_concurrent_trials` instead, the Ray Train V2 + Tune pattern; Tune needs some resource,
-    # so the actor books the memory it holds (the data report, class counts and tokenizer).
-    trainable = tune.with_parameters(run_trial, base=spec.base, fixed=spec.fixed, train_storage=f"{experiment}/train_runs")
+    # No CPU for the trial's own actor: it only drives its Train run, whose worker group asks for the CPUs/GPUs
+    # in a placement group of its own. That request is what the autoscaler sees: trials beyond the cluster's
+    # room wait for it, or for nodes it adds. Tune needs some resource, so the actor books the memory it holds
+    # (the data report, class counts and tokenizer).
+    trainable = tune.with_parameters(run_trial, base=spec.base, fixed=spec.fixed, experiment=experiment)
     return tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
 
 
@@ -157,10 +139,9 @@ def run_search(
     base = base.with_absolute_paths()
     if space is None:
         space = fitted_space(search_space(bool(base.data.init), bool(base.distill.teacher)), base, fixed)
-    max_concurrent = max_concurrent or max_concurrent_trials(base, ray.available_resources())
-    if max_concurrent > 1 and not base.scale.torch_threads:
+    if not base.scale.torch_threads:
         # Trials share nodes: each worker computes on the CPUs it reserved, not on all of the node's cores.
-        base = base.with_flat(torch_threads=base.scale.cpus_per_worker)
+        base = base.with_flat(torch_threads=max(1, base.scale.cpus_per_worker))
     spec = SearchSpec(base=base.to_dict(), num_samples=num_samples, fixed=list(fixed))
     _write_spec(experiment, spec)
     tuner = tune.Tuner(
@@ -172,19 +153,26 @@ def run_search(
             scheduler=ASHAScheduler(time_attr="epoch", max_t=base.train.epochs, grace_period=grace_period,
                                     reduction_factor=reduction_factor),
             # Seeded: the same search draws the same trials. Tune ignores max_concurrent_trials for a searcher
-            # instance, so the limit is given to the searcher.
-            search_alg=tune.search.BasicVariantGenerator(random_state=base.train.seed, max_concurrent=max_concurrent),
+            # instance, so the limit (none unless given: trials queue for resources) is given to the searcher.
+            search_alg=tune.search.BasicVariantGenerator(random_state=base.train.seed, max_concurrent=max_concurrent or 0),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage_root(storage)),
+        run_config=tune.RunConfig(name=name, storage_path=resolve(storage)),
     )
     return tuner.fit(), spec
 
 
-def resume_search(storage: str, name: str) -> tuple[tune.ResultGrid, SearchSpec]:
+def resume_search(storage: str, name: str, given: Optional[Config] = None, fixed: tuple[str, ...] = ()) -> tuple[tune.ResultGrid, SearchSpec]:
     """Continues an interrupted search: finished trials are kept, unfinished and errored ones run again (an
-    interrupted Train run from its last checkpoint), and samples not yet started are drawn."""
+    interrupted Train run from its last checkpoint), and samples not yet started are drawn. Knobs given again
+    (`fixed` of `given`) must be what the search was started with."""
     experiment = experiment_path(storage, name)
     spec = read_spec(experiment)
+    if given is not None:
+        stored, now = Config.from_dict(spec.base).to_dict(), given.with_absolute_paths().to_dict()
+        changed = [f"{knob}: {section[knob]!r} -> {now[part][knob]!r}" for part, section in stored.items()
+                   for knob in section if knob in fixed and now[part][knob] != section[knob]]
+        if changed:
+            raise ValueError(f"--resume: search {name!r} was started with other settings ({'; '.join(changed)})")
     tuner = tune.Tuner.restore(experiment, trainable=_trainable(experiment, spec), resume_errored=True)
     return tuner.fit(), spec
 
@@ -271,11 +259,13 @@ def export_best(rows: list[dict], output: str | Path, storage: str, name: str) -
     best = next((row for row in rows if row["checkpoint_path"]), None)
     if best is None:
         raise ValueError("no trial reported a checkpoint; nothing to export")
-    filesystem, _ = _filesystem(experiment_path(storage, name))
+    filesystem, _ = uri_filesystem(experiment_path(storage, name))
     best_checkpoint, latest = (ray.train.Checkpoint(best[key], filesystem=filesystem) for key in ("checkpoint_path", "latest_checkpoint_path"))
-    metrics = checkpoint.export(best_checkpoint, output, {"trial_id": best["trial_id"], "search": experiment_path(storage, name),
-                                                          "search_config": best["config"]}, latest=latest)
-    Path(output, RESULTS_FILE).write_text(json.dumps([{k: v for k, v in row.items() if k != "curve"} | {
-        "val_accuracy_by_epoch": [acc for _, acc in row["curve"]]} for row in rows], indent=2, default=str) + "\n")
-    plot_curves(rows, Path(output, CURVES_FILE))
-    return metrics
+
+    def leaderboard(directory: Path) -> None:
+        Path(directory, RESULTS_FILE).write_text(json.dumps([{k: v for k, v in row.items() if k != "curve"} | {
+            "val_accuracy_by_epoch": [acc for _, acc in row["curve"]]} for row in rows], indent=2, default=str) + "\n")
+        plot_curves(rows, Path(directory, CURVES_FILE))
+
+    return checkpoint.export(best_checkpoint, output, {"trial_id": best["trial_id"], "search": redact(experiment_path(storage, name)),
+                                                       "search_config": best["config"]}, latest=latest, extras=leaderboard)

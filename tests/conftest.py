@@ -1,8 +1,11 @@
 """Shared fixtures: one local Ray per session, hand-written tweets, and a tiny trained model directory."""
 
+import contextlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download: tokenizers are trained on the fixture corpus
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,8 +53,42 @@ def write_jsonl(path, rows):
     return path
 
 
+class Bucket:
+    """A bucket on the S3-compatible server: `uri("a/b")` is s3://BUCKET/a/b; `files(uri)` lists what lies under one."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def uri(self, path: str) -> str:
+        return f"s3://{self.name}/{path}"
+
+    def files(self, uri: str) -> list[str]:
+        from sam.storage import listing
+
+        prefix = uri.removeprefix("s3://").rstrip("/") + "/"
+        return [info.path.removeprefix(prefix) for info in listing(uri)]
+
+
 @pytest.fixture(scope="session")
-def ray_session():
+def s3(tmp_path_factory):
+    """An S3-compatible server on loopback (moto), its AWS variables set before Ray starts so that every Ray
+    process (pyarrow, Ray Train, Ray Data) reaches it as it would reach S3; and a model cache of the session's own."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                      SAM_CACHE_DIR=str(tmp_path_factory.mktemp("model_cache")))
+    boto3.client("s3").create_bucket(Bucket="sam-test")
+    yield Bucket("sam-test")
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3):
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
@@ -84,6 +121,53 @@ def tiny_model_dir(ray_session, tweets_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("models") / "tiny"
     train(tiny_config(tweets_dir), output, storage=str(tmp_path_factory.mktemp("ray_results")))
     return output
+
+
+@contextlib.contextmanager
+def private_ray_temp_dir():
+    """Ray records the newest cluster's address under its temp dir, and a bare `ray.init()` anywhere on this
+    machine would join that cluster: a private temp dir keeps other processes' tests off this one (short, under
+    /tmp: Ray's Unix socket paths live inside it)."""
+    temp_dir = tempfile.mkdtemp(prefix="samray-", dir="/tmp")
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    try:
+        yield temp_dir
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_cluster(head: dict, workers: list[dict]):
+    """A Ray cluster of several nodes on this machine (`ray.cluster_utils.Cluster`), joined by this process.
+    It replaces whatever Ray the process had (the session's), so tests that use it are marked `multinode`."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    with private_ray_temp_dir():
+        nodes = Cluster(initialize_head=True, head_node_args=head)
+        for worker in workers:
+            nodes.add_node(**worker)
+        nodes.wait_for_nodes()
+        ray.init(address=nodes.address, log_to_driver=False)
+        try:
+            yield nodes
+        finally:
+            ray.shutdown()
+            nodes.shutdown()
+
+
+def nodes_of(class_name: str, **filters) -> list[str]:
+    """Node id of every actor of this class (dead ones too: GCS keeps them), from Ray's state API (the dashboard)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", class_name), *((k, "=", v) for k, v in filters.items())])
+    return [actor.node_id for actor in actors]
 
 
 def pytest_configure(config):

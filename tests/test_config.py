@@ -61,6 +61,8 @@ def test_init_takes_the_fine_tuning_recipe_unless_a_knob_is_given():
     assert not tuned.train.class_weights and tuned.train.label_smoothing == 0.0
     assert config_from_args(parser.parse_args([])).train.lr == 5e-4  # from scratch: the defaults
     assert "with --init: 5e-05" in parser.format_help()
+    # bf16 autocast only for pretrained encoders, whose matmuls are big enough to gain from it
+    assert config_from_args(parser.parse_args([])).scale.bf16 is False and tuned.scale.bf16 is True
 
 
 @pytest.mark.parametrize("knob, value", [("val_fraction", 1.0), ("val_fraction", 0.0), ("batch_size", 0), ("epochs", 0),

@@ -73,6 +73,22 @@ def test_epochs_reduce_the_loss_and_count_every_sample():
     assert predictions["n"] == len(rows) and predictions["accuracy"] > 0.6
 
 
+def test_an_epoch_keeps_its_loss_on_the_device_until_it_is_read():
+    """On a GPU each read of a tensor's value waits for the device: steps hand back their loss as a tensor and the
+    epoch sums it there, so only a log line or the summary reads it."""
+    rows = tweet_rows()
+    learner, columns, pad_id = tiny_learner(rows)
+    windows = ({k: v[start : start + 16] for k, v in columns.items()} for start in range(0, len(rows), 16))
+    losses = []
+    step = learner.step
+    learner.step = lambda batch: losses.append(step(batch)) or losses[-1]
+    stats = learner.train_epoch(training_batches(windows, 8, pad_id, seed=0))
+    assert stats.steps == len(losses) == 6
+    assert all(isinstance(loss, torch.Tensor) and loss.ndim == 0 and not loss.requires_grad for loss in losses)
+    assert isinstance(stats.loss_sum, torch.Tensor)
+    assert stats.loss == pytest.approx(float(stats.loss_sum) / stats.samples)
+
+
 def test_training_state_round_trip_resumes_the_same_run():
     rows = tweet_rows()
     learner, columns, pad_id = tiny_learner(rows, ema_decay=0.9)

@@ -5,60 +5,31 @@ The Cluster is a Ray instance of its own, so this module shuts down whatever Ray
 session's `ray_session`) and starts nothing afterwards; the `multinode` mark makes conftest run it last.
 """
 
-import os
-import shutil
-import tempfile
+import json
 from pathlib import Path
 
 import pytest
 import ray
 import requests
-from ray.cluster_utils import Cluster
 from ray.train import RunConfig
-from ray.util.state import list_actors
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.state import list_tasks
 
 from sam.checkpoint import export
 from sam.data import prepare_data
 from sam.predict import Predictor
 from sam.train import checkpoint_config, make_trainer
-from tests.conftest import free_port, tiny_config
+from tests.conftest import free_port, local_cluster, nodes_of, tiny_config
 
 pytestmark = pytest.mark.multinode
 
 
-def _nodes_of(class_name: str, **filters) -> list[str]:
-    """Node id of every actor of this class (dead ones too: GCS keeps them), from Ray's state API."""
-    actors = list_actors(filters=[("class_name", "=", class_name), *((k, "=", v) for k, v in filters.items())])
-    return [actor.node_id for actor in actors]
-
-
 @pytest.fixture(scope="module")
-def cluster():
-    ray.shutdown()  # the session's Ray, if a test before this module started one
-    # Ray records the newest cluster's address under its temp dir, and a bare `ray.init()` anywhere on this
-    # machine would join that cluster: a private temp dir keeps other processes' tests off this one.
-    # Short, under /tmp: Ray's Unix socket paths live inside it.
-    temp_dir = tempfile.mkdtemp(prefix="samray-", dir="/tmp")
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp_dir
-    nodes = Cluster(
-        initialize_head=True,
-        # The dashboard serves the state API that tells which node each actor ran on.
-        head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_port": free_port()},
-    )
-    nodes.add_node(num_cpus=2)
-    nodes.wait_for_nodes()
-    ray.init(address=nodes.address, log_to_driver=False)
-    try:
+def cluster(s3):
+    # The dashboard serves the state API that tells which node each actor ran on.
+    with local_cluster(head={"num_cpus": 2, "include_dashboard": True, "dashboard_port": free_port()},
+                       workers=[{"num_cpus": 2}]) as nodes:
         yield nodes
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +56,7 @@ def test_ddp_workers_on_two_nodes_train_and_checkpoint_to_shared_storage(trained
     assert result.metrics["epoch"] == 2 and result.metrics["samples_per_s"] > 0
     checkpoint = Path(result.checkpoint.path)
     assert checkpoint.is_relative_to(shared) and (checkpoint / "model.safetensors").is_file()
-    workers = _nodes_of("RayTrainWorker")
+    workers = nodes_of("RayTrainWorker")
     assert len(workers) == 2 and set(workers) == node_ids  # one DDP rank per node
 
 
@@ -104,7 +75,7 @@ def test_serve_replicas_on_two_nodes_answer_predict(trained, node_ids, tmp_path)
     try:
         # Each node has 2 CPUs and each replica asks for 2: one replica fits per node, so both nodes serve.
         serve.run(build_app(ServeArgs(model_dir=str(model_dir), num_replicas=2, num_cpus=2)), name="sam")
-        replicas = _nodes_of("ServeReplica:sam:Sentiment", state="ALIVE")
+        replicas = nodes_of("ServeReplica:sam:Sentiment", state="ALIVE")
         assert len(replicas) == 2 and set(replicas) == node_ids
         for text in ("I love this, best day ever", "worst service, I hate it", "the bus comes at 8"):
             response = requests.post(f"http://127.0.0.1:{port}/predict", json={"text": text}, timeout=30)
@@ -112,3 +83,34 @@ def test_serve_replicas_on_two_nodes_answer_predict(trained, node_ids, tmp_path)
             assert response.json()["label"] == local.predict([text])[0]["label"]  # the replicas serve this very model
     finally:
         serve.shutdown()
+
+
+class Holder:
+    def ready(self) -> bool:
+        return True
+
+
+def test_a_local_output_path_is_written_whole_on_the_drivers_node(trained, cluster, tweets_dir, tmp_path, capsys):
+    """Each Ray Data task writes a plain local path on its own node: on a real cluster the predictions would be
+    scattered over the nodes. They are written where the command runs, whole, whichever node scored them."""
+    from sam.cli import main
+
+    _, result = trained
+    model_dir = tmp_path / "model"
+    export(result.get_best_checkpoint(metric="val_loss", mode="min"), model_dir, {})
+    output = tmp_path / "pred"
+    # The head's CPUs held, so both scoring actors (and the blocks they make) are on the other node.
+    holder = ray.remote(num_cpus=2)(Holder).options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        cluster.head_node.node_id, soft=False)).remote()
+    ray.get(holder.ready.remote())
+    try:
+        assert main(["predict", "--model", str(model_dir), "--data", str(tweets_dir), "--output", str(output),
+                     "--format", "jsonl", "--actors", "2"]) == 0
+    finally:
+        ray.kill(holder)
+    assert set(nodes_of("_MapWorker", state="ALIVE") or nodes_of("_MapWorker")) == {cluster.worker_nodes[0].node_id}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 90
+    rows = [json.loads(line) for file in (output / "predictions").glob("*.json*") for line in file.read_text().splitlines()]
+    assert len(rows) == 90
+    writes = [task for task in list_tasks(detail=True, limit=10_000) if "Write" in task.name]
+    assert writes and {task.node_id for task in writes} == {cluster.head_node.node_id}  # the driver's node

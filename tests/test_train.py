@@ -45,3 +45,23 @@ def test_short_real_training_learns_well_above_chance(ray_session, tmp_path):
                          val_fraction=0.15)
     metrics = train(config, tmp_path / "model", storage=str(tmp_path / "runs"))
     assert metrics["val_accuracy"] >= 0.55, metrics
+
+
+def test_two_workers_holding_every_cpu_still_get_their_data(tweets_dir, tmp_path):
+    """Data tasks reserve no CPU: with both CPUs of a 2-CPU Ray held by training workers, a task that waited for
+    one would hang the run forever."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import ray, sys; from sam.train import train; from tests.conftest import tiny_config\n"
+        "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+        f"metrics = train(tiny_config({str(tweets_dir)!r}, num_workers=2, epochs=1), {str(tmp_path / 'model')!r}, "
+        f"storage={str(tmp_path / 'runs')!r})\n"
+        "print('epochs', metrics['epochs_run'])\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epochs 1" in result.stdout

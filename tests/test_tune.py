@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config, tweet_rows, write_jsonl
 
 from sam.config import Config
-from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, fitted_space, max_concurrent_trials, search_space, trial_config
+from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, fitted_space, search_space, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shape of conftest's tiny model, as command-line options (each one fixed, so out of the space).
@@ -51,13 +51,18 @@ def test_knobs_given_by_hand_stay_as_given():
     assert {"alpha", "temperature", "augment"} <= set(search_space(distilling=True))
 
 
-def test_fractional_gpus_pack_trials_on_one_gpu():
-    one_gpu = {"CPU": 16.0, "GPU": 1.0}
-    for per_worker, trials in ((1.0, 1), (0.5, 2), (0.25, 4)):
-        assert max_concurrent_trials(Config().with_flat(use_gpu=True, gpus_per_worker=per_worker), one_gpu) == trials
-    assert max_concurrent_trials(Config().with_flat(use_gpu=True, num_workers=2, gpus_per_worker=0.25), one_gpu) == 2
-    assert max_concurrent_trials(Config().with_flat(use_gpu=True, gpus_per_worker=0.25), {"CPU": 3.0, "GPU": 1.0}) == 2
-    assert max_concurrent_trials(Config(), {"CPU": 4.0}) == 3  # one CPU left to Ray Data
+def test_a_reused_search_name_is_refused_and_resume_keeps_its_settings(ray_session, many_tweets, tmp_path, capsys):
+    from sam.cli import main
+    from sam.tune import SearchSpec, _write_spec, experiment_path
+
+    storage = str(tmp_path / "storage")
+    _write_spec(experiment_path(storage, "taken"), SearchSpec(base=tiny_config(many_tweets).to_dict(), num_samples=2))
+    assert main(["tune", "--storage", storage, "--name", "taken", "--data", str(many_tweets)]) == 2
+    assert "search 'taken' exists" in capsys.readouterr().err
+    assert main(["tune", "--storage", storage, "--name", "taken", "--resume", "--lr", "1e-7"]) == 2
+    assert "lr: 0.003 -> 1e-07" in capsys.readouterr().err
+    assert main(["tune", "--storage", storage, "--name", "none", "--resume"]) == 2
+    assert "no search 'none'" in capsys.readouterr().err
 
 
 def test_sam_tune_and_tune_search_py_are_one_command():
