@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--num-samples", type=int, default=8, help="trials to sample (default: 8)")
     search.add_argument("--grace-period", type=int, default=1, help="epochs every trial runs before ASHA may stop it (default: 1)")
     search.add_argument("--reduction-factor", type=int, default=2, help="ASHA keeps 1/N of the trials at each rung (default: 2)")
-    search.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as the free CPUs/GPUs hold)")
+    search.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: no cap; trials that do not fit wait for resources, which an autoscaler adds)")
     search.add_argument("--gpus-per-trial", type=float, default=None,
                         help="GPUs per trial, split over its workers; a fraction packs trials on one GPU (0.25: four per GPU)")
     search.add_argument("--output", default=DEFAULT_MODEL_DIR, help=f"model directory for the best trial (default: {DEFAULT_MODEL_DIR})")
