@@ -173,8 +173,10 @@ def _held_out(relative: str) -> bool:
 
 
 def _is_hub_name(source: str) -> bool:
+    """`owner/name`; a mistyped relative path such as `data/tweets.jsonl` (a data suffix) stays a path, so its
+    error is "no such file" rather than the hub's."""
     return "://" not in source and not Path(source).expanduser().exists() and not any(c in source for c in "*?[") \
-        and not source.startswith((".", "/", "~")) and source.count("/") == 1
+        and not source.startswith((".", "/", "~")) and source.count("/") == 1 and _format_of(source) is None
 
 
 def list_files(source: str, split: str = "train") -> tuple[pyarrow.fs.FileSystem, list[str]]:

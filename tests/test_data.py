@@ -186,3 +186,12 @@ def test_data_stages_run_as_many_tasks_as_the_cluster_has_cpus(ray_session, tmp_
     spans = [tuple(map(float, path.read_text().split())) for path in tmp_path.iterdir()]
     at_once = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
     assert len(spans) == 8 and 2 < at_once <= 4
+
+
+def test_a_mistyped_relative_file_is_no_such_file_not_a_hub_name(tmp_path, monkeypatch):
+    from sam.data import DataError, _is_hub_name, list_files
+
+    monkeypatch.chdir(tmp_path)
+    assert _is_hub_name("mteb/tweet_sentiment_extraction") and not _is_hub_name("data/tweets.jsonl")
+    with pytest.raises(DataError, match="data/tweets.jsonl: no such file or directory"):
+        list_files("data/tweets.jsonl")
