@@ -163,26 +163,25 @@ def test_tokenized_dataset_streams_ids_and_labels(ray_session):
     assert list(rows[0]["input_ids"]) == tokenizer(frame["text"][0])["input_ids"]
 
 
-def _record_span(batch: dict, log_dir: str) -> dict:
-    """A data task that takes a second and leaves its start and end where the test reads them."""
-    import time
-    import uuid
-    from pathlib import Path
-
-    start = time.time()
-    time.sleep(1.0)
-    Path(log_dir, uuid.uuid4().hex).write_text(f"{start} {time.time()}")
-    return batch
-
-
 def test_data_stages_run_as_many_tasks_as_the_cluster_has_cpus(ray_session, tmp_path):
     import ray.data
 
     from sam.data import data_tasks, light_tasks
 
+    def record_span(batch: dict, log_dir: str) -> dict:  # defined here: Ray ships it by value
+        """A data task that takes a second and leaves its start and end where the test reads them."""
+        import time
+        import uuid
+        from pathlib import Path
+
+        start = time.time()
+        time.sleep(1.0)
+        Path(log_dir, uuid.uuid4().hex).write_text(f"{start} {time.time()}")
+        return batch
+
     assert data_tasks() == 4  # the session's Ray: 4 CPUs
     ray.data.range(8, override_num_blocks=8).map_batches(
-        _record_span, batch_size=None, fn_kwargs={"log_dir": str(tmp_path)}, **light_tasks()).materialize()
+        record_span, batch_size=None, fn_kwargs={"log_dir": str(tmp_path)}, **light_tasks()).materialize()
     spans = [tuple(map(float, path.read_text().split())) for path in tmp_path.iterdir()]
     at_once = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
     assert len(spans) == 8 and 2 < at_once <= 4
