@@ -121,7 +121,7 @@ def test_serve_loads_the_model_from_the_bucket_and_a_restart_uses_the_cache(s3, 
         serve.shutdown()
 
 
-def test_tune_exports_its_best_trial_to_the_bucket(s3, bucket_data, capsys):
+def test_tune_exports_its_best_trial_to_the_bucket(remove_new_placement_groups, s3, bucket_data, capsys):
     assert main(["tune", "--data", bucket_data, "--storage", s3.uri("search"), "--name", "s1", "--output",
                  s3.uri("models/best"), "--num-samples", "2", "--epochs", "1", *TINY]) == 0
     exported = s3.files(s3.uri("models/best"))

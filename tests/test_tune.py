@@ -82,22 +82,6 @@ def test_search_flags_reach_the_trials_config():
     assert search_config(build_parser().parse_args(["tune"])) == Config()
 
 
-@pytest.fixture
-def remove_new_placement_groups(ray_session):
-    """Tune ends a stopped trial's actor, and with it the trial's Train controller; Ray Train's cleaner then
-    removes the workers' placement group through the State API, which needs the dashboard that the shared
-    test session runs without. So this test removes what it left, for the tests after it."""
-    from ray._raylet import PlacementGroupID
-    from ray.util import placement_group_table, remove_placement_group
-    from ray.util.placement_group import PlacementGroup
-
-    before = set(placement_group_table())
-    yield
-    for pg_id, info in placement_group_table().items():
-        if pg_id not in before and info["state"] == "CREATED":
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
-
-
 def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_groups, many_tweets, tmp_path, monkeypatch):
     from ray import tune
     from transformers import AutoModelForSequenceClassification
