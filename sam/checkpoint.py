@@ -59,10 +59,9 @@ def check_output(output: str | Path) -> None:
     """An export replaces a model directory, never anything else: checked before a run spends its time."""
     fs, inner = storage.filesystem(output)
     kind = fs.get_file_info(inner).type
-    if kind == pyarrow.fs.FileType.Directory and fs.get_file_info(pyarrow.fs.FileSelector(inner)) \
-            and not storage.exists(storage.join(output, CONFIG_FILE)):
-        kind = pyarrow.fs.FileType.File
-    if kind == pyarrow.fs.FileType.File:
+    other_directory = kind == pyarrow.fs.FileType.Directory and bool(fs.get_file_info(pyarrow.fs.FileSelector(inner))) \
+        and not storage.exists(storage.join(output, CONFIG_FILE))
+    if kind == pyarrow.fs.FileType.File or other_directory:
         raise ValueError(f"{storage.redact(output)}: exists and is not a SAM model directory; choose another --output")
 
 

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sys
-import time
 
 from sam.config import DEFAULT_MODEL_DIR, Config, add_config_arguments, config_from_args
 from sam.storage import StorageError, delete_dir, exists, join, local_model_dir, ray_data_path, redact, resolve
@@ -70,6 +69,7 @@ def search_config(args: argparse.Namespace) -> Config:
 def cmd_tune(args: argparse.Namespace) -> int:
     from sam.checkpoint import check_output
     from sam.distill import check_teacher_split
+    from sam.train import check_run_name, new_run_name
     from sam.tune import experiment_path, export_best, format_leaderboard, is_complete, resume_search, run_search, summarize
 
     knobs = {name for section in Config().to_dict().values() for name in section}
@@ -78,12 +78,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_output(args.output)
     if config.distill.teacher:
         check_teacher_split(config)
-    name = args.name or f"sam-search-{time.strftime('%Y%m%d-%H%M%S')}"
-    found = exists(experiment_path(args.storage, name))
-    if found and not args.resume:
-        raise ValueError(f"search {name!r} exists under {redact(args.storage)}: pass --resume to continue it, or choose another --name")
-    if args.resume and not found:
-        raise ValueError(f"--resume: no search {name!r} under {redact(args.storage)} to continue")
+    name = args.name or new_run_name("search")
+    check_run_name("search", name, args.storage, exists(experiment_path(args.storage, name)), args.resume)
     _init_ray()
     if args.resume:
         results, spec = resume_search(args.storage, name, given=config, fixed=fixed)

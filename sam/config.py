@@ -158,11 +158,14 @@ class Config:
             sections[section.name] = section_type(**given)
         return cls(**sections)
 
-    def differences(self, other: "Config", sections: tuple[str, ...] = ("model", "train", "data", "distill")) -> list[str]:
-        """The knobs of `sections` whose values differ, as `name: mine -> other`."""
+    def differences(self, other: "Config", sections: tuple[str, ...] = ("model", "train", "data", "distill"),
+                    only: Optional[tuple[str, ...]] = None) -> list[str]:
+        """The knobs of `sections` (of those, the ones in `only`, when given) whose values differ, as
+        `name: mine -> other`."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{knob}: {value!r} -> {theirs[section][knob]!r}" for section in sections
-                for knob, value in mine[section].items() if theirs[section][knob] != value]
+                for knob, value in mine[section].items()
+                if (only is None or knob in only) and theirs[section][knob] != value]
 
     def with_flat(self, **flat: Any) -> "Config":
         """A copy with knobs replaced by their bare names (`lr=...`, `num_layers=...`), as Tune samples them."""

@@ -214,23 +214,29 @@ def new_run_name(kind: str = "train") -> str:
     return f"sam-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def check_run_name(kind: str, name: str, storage: str, found: bool, resume: bool) -> None:
+    """Ray continues any run or search it finds under the same storage and name: an existing one is taken only
+    with `resume`, and `resume` needs one."""
+    if found and not resume:
+        raise ValueError(f"{kind} {name!r} exists under {redact(storage)}: pass --resume to continue it, or choose another --name")
+    if resume and not found:
+        raise ValueError(f"--resume: no {kind} {name!r} under {redact(storage)} to continue")
+
+
 def start_run(config: Config, storage: str | None, name: str, resume: bool = False) -> str:
-    """The run's directory under `storage` (default ~/ray_results). Ray Train continues any run it finds there, so
-    an existing name is refused unless `resume`, and then only with the config it was started with (the scale
-    may change). The config is saved there for that check."""
-    run = join(storage or DEFAULT_STORAGE, name)
+    """The run's directory under `storage` (default ~/ray_results), checked by `check_run_name`; a resumed run
+    must have the config it was started with (the scale may change), saved there for that check."""
+    storage = storage or DEFAULT_STORAGE
+    run = join(storage, name)
     saved = join(run, CONFIG_FILE)
     nodes = sum(node["Alive"] for node in ray.nodes()) if ray.is_initialized() else 1
     if not is_uri(run) and nodes > 1:
         log.warning("--storage %s is a local path on a cluster of %d nodes: workers elsewhere write their checkpoints "
                     "there only if every node mounts it; give a URI (s3://...) otherwise", run, nodes)
-    if not exists(run):
-        if resume:
-            raise ValueError(f"--resume: no run {name!r} under {redact(storage or DEFAULT_STORAGE)} to continue")
+    found = exists(run)
+    check_run_name("run", name, storage, found, resume)
+    if not found:
         write_text(saved, json.dumps(config.to_dict(), indent=2) + "\n")
-    elif not resume:
-        raise ValueError(f"run {name!r} exists under {redact(storage or DEFAULT_STORAGE)}: pass --resume to continue it, "
-                         "or choose another --name")
     elif exists(saved):
         changed = Config.from_dict(json.loads(read_text(saved))).differences(config)
         if changed:

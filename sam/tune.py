@@ -168,9 +168,7 @@ def resume_search(storage: str, name: str, given: Optional[Config] = None, fixed
     experiment = experiment_path(storage, name)
     spec = read_spec(experiment)
     if given is not None:
-        stored, now = Config.from_dict(spec.base).to_dict(), given.with_absolute_paths().to_dict()
-        changed = [f"{knob}: {section[knob]!r} -> {now[part][knob]!r}" for part, section in stored.items()
-                   for knob in section if knob in fixed and now[part][knob] != section[knob]]
+        changed = Config.from_dict(spec.base).differences(given.with_absolute_paths(), sections=tuple(spec.base), only=fixed)
         if changed:
             raise ValueError(f"--resume: search {name!r} was started with other settings ({'; '.join(changed)})")
     tuner = tune.Tuner.restore(experiment, trainable=_trainable(experiment, spec), resume_errored=True)
