@@ -3,24 +3,29 @@
     python bench/data_bench.py --rows 1000000 [--score-rows 100000] [--model models/latest] [--json]
 
 Builds N rows by repeating the shared train split into shards of mixed sizes and formats (jsonl, jsonl.gz,
-parquet) in a temporary directory, then runs, each in a fresh driver process so each peak RSS is its own:
-  data     `prepare_data` (read, validate, split, tokenizer sample) and one epoch of padded training batches,
-           no model: rows/s of the epoch
-  scoring  `sam predict --data` on the first --score-rows rows (default: all), one int8 model actor per CPU
+parquet) in a temporary directory, then runs, each in a fresh driver process so each peak memory is its own:
+  data     `prepare_data` (read, validate, split, tokenizer sample), streamed (`materialize_mb=0`: the path
+           that scales past memory), and one epoch of padded training batches (`epoch_batches`), no model
+  scoring  `sam predict --data` on the first --score-rows rows (default: all), one int8 model actor per CPU:
+           its wait for the first scored batch, its steady rows/s after it, and rows per actor
   raw      the same model in this process on all CPUs, batches of 256: the texts/s scoring can at best reach
-A table, then JSON on the last line.
+Memory is the driver's peak anonymous RSS (its own heap, sampled from /proc every 50 ms) beside its peak total
+RSS (`ru_maxrss`, which also counts the shared object-store pages it mapped). A table, then JSON on the last line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import io
 import json
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,8 +35,24 @@ SHARD_ROWS = (50_000, 120_000, 200_000)  # mixed sizes, cycled
 SCORE_BATCH = 256
 
 
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+class PeakMemory:
+    """The process's peak anonymous RSS, sampled in a thread, beside its peak total RSS."""
+
+    def __init__(self, every_s: float = 0.05):
+        self.anon_kb, self.every_s, self.stop = 0, every_s, threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            with open("/proc/self/status") as status:
+                line = next(line for line in status if line.startswith("RssAnon:"))
+            self.anon_kb = max(self.anon_kb, int(line.split()[1]))
+            self.stop.wait(self.every_s)
+
+    def result(self) -> dict:
+        self.stop.set()
+        return {"driver_peak_anon_mb": round(self.anon_kb / 1024, 1),
+                "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def build_shards(directory: Path, rows: int) -> None:
@@ -56,24 +77,21 @@ def build_shards(directory: Path, rows: int) -> None:
 def data_phase(directory: str) -> dict:
     import ray
 
-    from sam.batching import training_batches
+    from sam.batching import epoch_batches
     from sam.config import Config
     from sam.data import prepare_data
 
+    memory = PeakMemory()
     ray.init(include_dashboard=False, log_to_driver=False)
-    config = Config().with_flat(data=directory)
+    config = Config().with_flat(data=directory, materialize_mb=0)
     started = time.perf_counter()
     data = prepare_data(config)
     prepared = time.perf_counter()
-    window = config.train.batch_size * config.train.bucket_batches
-    rows = 0
-    windows = data.train.iter_batches(batch_size=window, batch_format="numpy")
-    for batch in training_batches(windows, config.train.batch_size, data.tokenizer.pad_token_id, config.train.seed):
-        rows += len(batch["labels"])
+    rows = sum(len(batch["labels"]) for batch in epoch_batches(data.train, config.train, 0, data.tokenizer.pad_token_id))
     epoch_s = time.perf_counter() - prepared
     ray.shutdown()
     return {"prepare_s": round(prepared - started, 1), "epoch_s": round(epoch_s, 1), "epoch_rows": rows,
-            "rows_per_s": round(rows / epoch_s), "driver_peak_rss_mb": peak_rss_mb()}
+            "rows_per_s": round(rows / epoch_s), **memory.result()}
 
 
 def scoring_phase(directory: str, model: str, limit: int | None) -> dict:
@@ -81,6 +99,7 @@ def scoring_phase(directory: str, model: str, limit: int | None) -> dict:
 
     from sam.cli import main
 
+    memory = PeakMemory()
     ray.init(include_dashboard=False, log_to_driver=False)
     source = directory
     with tempfile.TemporaryDirectory() as scratch:
@@ -88,14 +107,19 @@ def scoring_phase(directory: str, model: str, limit: int | None) -> dict:
             source = str(Path(scratch) / "in")
             os.mkdir(source)
             build_shards(Path(source), limit)
+        printed = io.StringIO()
         started = time.perf_counter()
-        status = main(["predict", "--model", model, "--data", source, "--output", str(Path(scratch) / "out"),
-                       "--actors", str(os.cpu_count() or 1), "--quantize"])
+        with contextlib.redirect_stdout(printed):
+            status = main(["predict", "--model", model, "--data", source, "--output", str(Path(scratch) / "out"),
+                           "--actors", str(os.cpu_count() or 1), "--quantize"])
         if status:
             raise RuntimeError(f"sam predict exited {status}")
         seconds = time.perf_counter() - started
     ray.shutdown()
-    return {"rows": limit, "seconds": round(seconds, 1), "driver_peak_rss_mb": peak_rss_mb()}
+    summary = json.loads(printed.getvalue().strip().splitlines()[-1])
+    return {"rows": summary["rows"], "seconds": round(seconds, 1), "first_batch_s": summary["first_batch_s"],
+            "steady_rows_per_s": summary["steady_rows_per_s"], "rows_per_actor": summary["rows_per_actor"],
+            **memory.result()}
 
 
 def raw_model(model: str, texts: int = 4096) -> float:
@@ -151,20 +175,23 @@ def main() -> None:
     raw = None if args.skip_scoring else round(raw_model(args.model))
     result = {
         "rows": args.rows, "cpus": os.cpu_count(), "build_s": round(build_s, 1),
-        "data_rows_per_s": data["rows_per_s"], "data_driver_peak_rss_mb": data["driver_peak_rss_mb"],
-        "data_prepare_s": data["prepare_s"], "data_epoch_s": data["epoch_s"], "data_epoch_rows": data["epoch_rows"],
-        "scoring_rows": scoring and scoring["rows"], "scoring_rows_per_s": scoring and scoring["rows_per_s"],
-        "scoring_driver_peak_rss_mb": scoring and scoring["driver_peak_rss_mb"], "raw_model_texts_per_s": raw,
+        **{f"data_{key}": value for key, value in data.items()},
+        **{f"scoring_{key}": value for key, value in (scoring or {}).items()}, "raw_model_texts_per_s": raw,
         "scoring_share_of_raw": scoring and raw and round(scoring["rows_per_s"] / raw, 2),
+        "scoring_steady_share_of_raw": scoring and raw and round(scoring["steady_rows_per_s"] / raw, 2),
     }
     if not args.json:
         print(f"{args.rows:,} rows in shards, {os.cpu_count()} CPUs")
-        print(f"{'phase':<10}{'rows/s':>10}{'driver peak RSS MB':>20}{'seconds':>10}")
-        print(f"{'data':<10}{data['rows_per_s']:>10,}{data['driver_peak_rss_mb']:>20}{data['prepare_s'] + data['epoch_s']:>10.1f}"
-              f"   (prepare {data['prepare_s']} s, epoch {data['epoch_s']} s over {data['epoch_rows']:,} training rows)")
+        print(f"{'phase':<10}{'rows/s':>10}{'peak anon MB':>14}{'peak RSS MB':>13}{'seconds':>10}")
+        print(f"{'data':<10}{data['rows_per_s']:>10,}{data['driver_peak_anon_mb']:>14}{data['driver_peak_rss_mb']:>13}"
+              f"{data['prepare_s'] + data['epoch_s']:>10.1f}   (prepare {data['prepare_s']} s, epoch {data['epoch_s']} s over "
+              f"{data['epoch_rows']:,} training rows)")
         if scoring:
-            print(f"{'scoring':<10}{scoring['rows_per_s']:>10,}{scoring['driver_peak_rss_mb']:>20}{scoring['seconds']:>10}"
-                  f"   ({scoring['rows']:,} rows; raw model {raw:,} texts/s, share {result['scoring_share_of_raw']})")
+            print(f"{'scoring':<10}{scoring['rows_per_s']:>10,}{scoring['driver_peak_anon_mb']:>14}{scoring['driver_peak_rss_mb']:>13}"
+                  f"{scoring['seconds']:>10}   ({scoring['rows']:,} rows; first batch at {scoring['first_batch_s']} s, then "
+                  f"{scoring['steady_rows_per_s']:,} rows/s; rows per actor {list(scoring['rows_per_actor'].values())})")
+            print(f"{'raw':<10}{raw:>10,}   share of raw: {result['scoring_share_of_raw']} overall, "
+                  f"{result['scoring_steady_share_of_raw']} steady")
     print(json.dumps(result))
 
 

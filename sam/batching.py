@@ -47,6 +47,16 @@ def training_batches(windows: Iterable[dict[str, np.ndarray]], batch_size: int, 
         yield from length_bucketed(window, batch_size, pad_id, rng)
 
 
+def epoch_batches(rows, config, epoch: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch's padded training batches from tokenized rows (a Ray Data dataset or a worker's shard of it):
+    windows of `batch_size * bucket_batches` rows drawn through a shuffle buffer, reseeded each epoch, so the same
+    rows in the same order give the same batches, materialized or streamed. `config` is a `TrainConfig`."""
+    window = config.batch_size * config.bucket_batches
+    windows = rows.iter_batches(batch_size=window, batch_format="numpy", local_shuffle_seed=config.seed + epoch,
+                                local_shuffle_buffer_size=max(config.shuffle_buffer, 2 * window))
+    return training_batches(windows, config.batch_size, pad_id, config.seed + epoch)
+
+
 def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Indices of rows in length order, grouped so that no group pads to more than `max_tokens` tokens (rows
     times its longest row); a longer row still gets a group of its own.

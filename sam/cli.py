@@ -8,9 +8,10 @@ import json
 import logging
 import os
 import sys
+import time
 
 from sam.config import DEFAULT_MODEL_DIR, Config, add_config_arguments, config_from_args
-from sam.storage import StorageError, delete_dir, exists, join, local_model_dir, ray_data_path, redact, resolve
+from sam.storage import StorageError, exists, join, local_model_dir, redact, resolve
 
 log = logging.getLogger("sam")
 
@@ -104,18 +105,19 @@ def _scoring_args(args: argparse.Namespace) -> dict:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sam.data import read_rows, summarize, train_and_validation, valid_only
     from sam.evaluate import format_table, metrics_from_confusion, plot_confusion
-    from sam.predict import Predictor, confusion, score_rows
+    from sam.predict import Predictor, confusion, score_rows, scoring_job
 
     Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
     _init_ray()
-    if args.split == VALIDATION:  # the model's own split settings, over the data given here
-        split = train_and_validation(Config.load(local_model_dir(args.model)).with_flat(data=args.data))
-        rows, report = split.val, split.report
-    else:
-        rows = read_rows(args.data, args.split)
-        report, _ = summarize(rows, args.data, seed=0)
-        rows = valid_only(rows)
-    results = metrics_from_confusion(confusion(score_rows(rows, args.model, **_scoring_args(args))))
+    with scoring_job():
+        if args.split == VALIDATION:  # the model's own split settings, over the data given here
+            split = train_and_validation(Config.load(local_model_dir(args.model)).with_flat(data=args.data))
+            rows, report = split.val, split.report
+        else:
+            rows = read_rows(args.data, args.split)
+            report, _ = summarize(rows, args.data, seed=0)
+            rows = valid_only(rows)
+        results = metrics_from_confusion(confusion(score_rows(rows, args.model, **_scoring_args(args))))
     results["dropped_rows"] = dict(report.dropped)
     print(format_table(results))
     if args.plot:
@@ -140,31 +142,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def predict_dataset(args: argparse.Namespace) -> int:
-    """Batch scoring as a Ray Data job: predictions to OUTPUT/predictions, unusable rows to OUTPUT/rejects."""
-    import ray.data
-
-    from sam.data import dropped_only, read_rows, summarize, valid_only
-    from sam.predict import Predictor, score_rows
+    """Batch scoring as one Ray Data pass: predictions to OUTPUT/predictions, unusable rows to OUTPUT/rejects,
+    and a summary with rows per scoring actor, the wait for the first scored batch and the steady rate."""
+    from sam.data import DataError, read_rows
+    from sam.predict import Predictor, ScoredSink, score_rows, scoring_job
 
     if not args.output:
         raise ValueError("--data needs --output, the directory to write the predictions to")
     Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
     _init_ray()
-    rows = read_rows(args.data, args.split, require_label=False)
-    report, _ = summarize(rows, args.data, seed=0)
-    scored = score_rows(valid_only(rows), args.model, **_scoring_args(args)).drop_columns(["true_label"])
+    started = time.time()
     predictions, rejects = join(args.output, "predictions"), join(args.output, "rejects")
-    # A rerun replaces its output instead of adding to it; writes hold no CPU, so they go on beside the scorers.
-    write = {"mode": ray.data.SaveMode.OVERWRITE, "ray_remote_args": {"num_cpus": 0}}
-    if args.format == "parquet":
-        scored.write_parquet(ray_data_path(predictions), **write)
-    else:
-        scored.write_json(ray_data_path(predictions), **write)
-    delete_dir(rejects)
-    if report.dropped:
-        dropped_only(rows).select_columns(["where", "problem", "id", "text"]).write_json(ray_data_path(rejects), **write)
+    sink = ScoredSink(predictions, rejects, args.format)
+    with scoring_job():
+        rows = read_rows(args.data, args.split, require_label=False)
+        # Writes hold no CPU, so they go on beside the scoring actors that hold them all.
+        score_rows(rows, args.model, **_scoring_args(args)).write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    report = sink.report
+    if not report.kept:
+        raise DataError(f"{args.data}: no valid rows ({sum(report.dropped.values())} dropped: "
+                        f"{', '.join(f'{n} {reason}' for reason, n in report.dropped.most_common())}; first: {'; '.join(report.examples)})")
     print(json.dumps({"predictions": redact(predictions), "rows": report.kept,
-                      "rejects": redact(rejects) if report.dropped else None, "rejected": dict(report.dropped)}))
+                      "rejects": redact(rejects) if report.dropped else None, "rejected": dict(report.dropped),
+                      "rows_per_actor": dict(report.per_actor), **report.timing(started)}))
     return 0
 
 

@@ -57,6 +57,7 @@ class TrainConfig:
     weight_decay: float = _knob(0.01, "AdamW weight decay (not applied to norms and biases)")
     batch_size: int = _knob(64, "examples per worker per step")
     bucket_batches: int = _knob(8, "batches whose rows are sorted by length together, to pad less (1 = random batches)")
+    shuffle_buffer: int = _knob(16384, "rows each worker draws its batches from at random: a corpus sorted by label mixes within this many rows")
     epochs: int = _knob(3, "maximum epochs; the schedule decays over this budget")
     patience: int = _knob(2, "epochs without a better validation loss before stopping")
     label_smoothing: float = _knob(0.1, "cross-entropy label smoothing")
@@ -66,7 +67,7 @@ class TrainConfig:
     seed: int = _knob(42, "seed for the split, initialisation and shuffling")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "bucket_batches", "epochs", "patience"):
+        for name in ("batch_size", "bucket_batches", "shuffle_buffer", "epochs", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.seed < 0 or not 0 <= self.ema_decay < 1 or not 0 <= self.label_smoothing < 1:
@@ -114,10 +115,12 @@ class ScaleConfig:
     cpus_per_worker: int = _knob(1, "CPUs Ray reserves per worker")
     torch_threads: int = _knob(0, "intra-op threads per worker; 0 = this node's cores / workers")
     placement_strategy: str = _knob("PACK", "Ray placement of the workers: PACK (fewest nodes) | SPREAD (across nodes)")
+    materialize_mb: float = _knob(1024.0, "tokenize once per run and keep the splits in Ray's object store when at most this size "
+                                          "(MB, and a quarter of the store); larger ones are streamed, re-read every epoch; 0 = always stream")
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1 or self.cpus_per_worker < 0:
-            raise ValueError("num_workers must be at least 1 and cpus_per_worker not negative")
+        if self.num_workers < 1 or self.cpus_per_worker < 0 or self.materialize_mb < 0:
+            raise ValueError("num_workers must be at least 1, cpus_per_worker and materialize_mb not negative")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.gpus_per_worker <= 0:

@@ -4,6 +4,7 @@ per-block summaries and a bounded sample for the tokenizer."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -216,8 +217,11 @@ def list_files(source: str, split: str = "train") -> tuple[pyarrow.fs.FileSystem
     return filesystem, files
 
 
-def read_rows(source: str, split: str = "train", require_label: bool = True) -> ray.data.Dataset:
-    """Validated rows (text, label, id, problem, where) from files or a hub name, lazily: nothing is read yet."""
+def read_rows(source: str, split: str = "train", require_label: bool = True,
+              shuffle_seed: Optional[int] = None) -> ray.data.Dataset:
+    """Validated rows (text, label, id, problem, where) from files or a hub name, lazily: nothing is read yet.
+    With `shuffle_seed`, files are read in a seeded order, the same on every pass, so a corpus sharded by class
+    still mixes across an epoch without a stage that waits for all of its input."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch per worker drowns the log
     if _is_hub_name(source):
         import datasets
@@ -230,7 +234,8 @@ def read_rows(source: str, split: str = "train", require_label: bool = True) -> 
         return ray.data.from_huggingface(hub).map_batches(validate_batch, batch_format="pandas",
                                                           fn_kwargs={"require_label": require_label}, **light_tasks())
     filesystem, files = list_files(source, split)
-    reads = {"num_cpus": 0, "concurrency": data_tasks()}
+    reads = {"num_cpus": 0, "concurrency": data_tasks(),
+             "shuffle": None if shuffle_seed is None else ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=False)}
     if isinstance(filesystem, pyarrow.fs.LocalFileSystem):  # read where the files are: the driver's node
         files, filesystem = [ray_data_path(f) for f in files], None
     by_format = {name: [f for f in files if _format_of(f) in suffixes]
@@ -358,7 +363,7 @@ class Split:
 def train_and_validation(config: Config) -> Split:
     """The train split's valid rows, split by a seeded hash of each text within its class: given a model's saved
     config, `sam evaluate --split validation` carves the very rows that model was validated on."""
-    rows = read_rows(config.data.data, "train")
+    rows = read_rows(config.data.data, "train", shuffle_seed=config.train.seed)
     report, histogram = summarize(rows, config.data.data, config.train.seed)
     cut = limit_bin(histogram, config.data.limit_train)
     histogram[:, cut:] = 0
@@ -374,8 +379,7 @@ def train_and_validation(config: Config) -> Split:
         return rows.map_batches(_one_side, batch_format="pandas", **light_tasks(),
                                 fn_kwargs={"seed": config.train.seed, "edges": edges, "cut": cut, "validation": validation})
 
-    # Blocks in a seeded random order, so a source sorted or sharded by class still mixes across the epoch.
-    return Split(side(False).randomize_block_order(seed=config.train.seed), side(True), report,
+    return Split(side(False), side(True), report,
                  histogram.sum(1) - val_counts, val_counts)
 
 
@@ -463,18 +467,46 @@ class PreparedData:
     n_train: int
     n_val: int
     report: LoadReport
+    materialized: bool = False
+
+
+def tokenized_mb(rows: int, max_length: int) -> float:
+    """An upper bound on the tokenized rows' size: every row at `max_length` int64 ids, plus its label and Arrow's
+    per-row offsets."""
+    return rows * (max_length * 8 + 64) / 2**20
+
+
+def materialize_budget_mb(setting_mb: float) -> float:
+    """`materialize_mb`, but never more than a quarter of the cluster's object store, which also holds each
+    epoch's blocks in flight."""
+    store_mb = ray.cluster_resources().get("object_store_memory", 0) / 2**20
+    return min(setting_mb, store_mb / 4)
+
+
+def materialize_if_small(data: PreparedData, max_length: int, setting_mb: float) -> PreparedData:
+    """Tokenized once for the run when both splits fit the budget, so every epoch's first batch comes from the
+    object store at once; streamed (read, validated and tokenized as each epoch consumes it) otherwise."""
+    size_mb, budget_mb = tokenized_mb(data.n_train + data.n_val, max_length), materialize_budget_mb(setting_mb)
+    if size_mb > budget_mb:
+        log.info("tokenized splits: up to %.0f MB, over the %.0f MB budget (materialize_mb %g): streamed every epoch",
+                 size_mb, budget_mb, setting_mb)
+        return data
+    log.info("tokenized splits: up to %.0f MB, within the %.0f MB budget (materialize_mb %g): tokenized once for the run",
+             size_mb, budget_mb, setting_mb)
+    return dataclasses.replace(data, train=data.train.materialize(), val=data.val.materialize(), materialized=True)
 
 
 def prepare_data(config: Config, split: Optional[Split] = None, transfer: Optional[ray.data.Dataset] = None,
                  transfer_count: int = 0) -> PreparedData:
     """Read, validate, split and tokenize as one lazy Ray Data pipeline; the driver holds only the report, the
     class counts and the tokenizer (trained on a bounded sample of the training texts). With `transfer` (rows
-    scored by a teacher, `transfer_count` of them: distillation), the model trains on those instead."""
+    scored by a teacher, `transfer_count` of them: distillation), the model trains on those instead. Small splits
+    are then tokenized once for the run (`materialize_if_small`)."""
     from sam.tokenizer import tokenizer_for  # here, not at the top: Ray Data's tasks import this module
 
     split = split or train_and_validation(config)
     tokenizer = tokenizer_for(config, text_sample(split.train))
-    return PreparedData(
+    return materialize_if_small(PreparedData(
         train=tokenize(split.train if transfer is None else transfer, tokenizer, config.model.max_length),
         val=tokenize(split.val, tokenizer, config.model.max_length),
         tokenizer=tokenizer,
@@ -482,4 +514,4 @@ def prepare_data(config: Config, split: Optional[Split] = None, transfer: Option
         n_train=transfer_count if transfer is not None else int(split.train_counts.sum()),
         n_val=int(split.val_counts.sum()),
         report=split.report,
-    )
+    ), config.model.max_length, config.scale.materialize_mb)

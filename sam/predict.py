@@ -5,12 +5,20 @@ Data actor pool, streaming rows from input to output."""
 from __future__ import annotations
 
 import json
+import os
+import time
 import warnings
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow
+import pyarrow.compute
+import pyarrow.parquet
 import ray
 import ray.data
 import torch
@@ -19,8 +27,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from sam import LABELS
 from sam.config import CONFIG_FILE, Config
 from sam.batching import pad_batch, token_budget_chunks
+from sam.data import EXAMPLES
 from sam.encoding import encode
-from sam.storage import StorageError, local_model_dir, redact, resolve
+from sam.storage import StorageError, delete_dir, filesystem, is_uri, join, local_model_dir, redact, resolve
 from sam.tokenizer import load_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
@@ -111,9 +120,16 @@ class Predictor:
         ]
 
 
+# Added by each scoring actor for `ScoredSink`'s report (which actor scored a row, and when); never written.
+SCORER, SCORED_AT = "_scorer", "_scored_at"
+SCORING_BLOCK_BYTES = 1 << 20  # about 5,000 tweets: a pool of model actors shares work by blocks, and a file is one
+ACTOR_WAIT_S = 600  # for every scoring actor to start (a cluster may first add a node); then the job fails, naming it
+
+
 class BatchScorer:
     """Ray Data's scoring step (a callable class, so each actor of the pool loads the model once): a pandas batch
-    of valid rows to their predictions, one output row per input row, in order."""
+    to its predictions, one output row per input row, in order. Rows with a `problem` pass through unscored
+    (label -1), so a job can score and reject in one pass over its source."""
 
     def __init__(self, model_dir: str, quantize: bool = False, with_logits: bool = False):
         device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray 2.60 shows every GPU to an actor: use one only if granted
@@ -121,28 +137,34 @@ class BatchScorer:
             torch.set_num_threads(1)  # one thread per actor, each holding one CPU: more would fight the others
         self.predictor = Predictor(model_dir, device=device, quantize=quantize and device == "cpu")
         self.with_logits = with_logits
+        self.name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        logits = self.predictor.logits(batch["text"].tolist())
-        scores = logits.softmax(-1).numpy()
-        predicted = scores.argmax(1)
+        usable = (batch["problem"] == "").to_numpy() if "problem" in batch else np.ones(len(batch), dtype=bool)
+        logits = np.zeros((len(batch), len(LABELS)), dtype=np.float32)
+        if usable.any():
+            logits[usable] = self.predictor.logits(batch.loc[usable, "text"].tolist()).numpy()
+        scores = torch.from_numpy(logits).softmax(-1).numpy()
+        predicted = np.where(usable, scores.argmax(1), -1)
         scored = pd.DataFrame({
-            "sentiment": [LABELS[i] for i in predicted],
+            "sentiment": [LABELS[i] if i >= 0 else "" for i in predicted],
             "label": predicted.astype(np.int64),
-            "confidence": scores.max(1).round(4),
-            "scores": [dict(zip(LABELS, row.round(4).tolist())) for row in scores],
+            "confidence": np.where(usable, scores.max(1).round(4), 0.0),
+            "scores": [dict(zip(LABELS, row.round(4).tolist())) if ok else None for row, ok in zip(scores, usable)],
         })
         if "label" in batch:  # the given label, where there is one, beside the predicted one
             scored.insert(0, "true_label", batch["label"].to_numpy())
         if self.with_logits:  # unrounded: a distilled model learns from them
-            scored["logits"] = list(logits.numpy())
-        passed = [column for column in ("id", "text") if column in batch]
+            scored["logits"] = list(logits)
+        passed = [column for column in ("id", "text", "where", "problem") if column in batch]
+        scored[SCORER], scored[SCORED_AT] = self.name, time.time()
         return pd.concat([batch[passed].reset_index(drop=True), scored], axis=1)
 
 
 def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, gpus_per_actor: float = 0.0,
                quantize: bool = False, batch_size: int = 256, with_logits: bool = False) -> ray.data.Dataset:
-    """Valid rows (text; id and label where present) scored by a pool of `actors` model replicas, lazily."""
+    """Rows (text; id, label and a problem where present) scored by a pool of `actors` model replicas, lazily.
+    Build and run it within `scoring_job()`, so that every actor of the pool gets work."""
     check_model_dir(model_dir)
     return rows.map_batches(
         # A URI, so that each node's actors fetch the model into that node's cache, or an absolute local path.
@@ -151,6 +173,106 @@ def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, g
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pandas",
         num_cpus=0 if gpus_per_actor else 1, num_gpus=gpus_per_actor or None,
     )
+
+
+@contextmanager
+def scoring_job(block_bytes: int = SCORING_BLOCK_BYTES, actor_wait_s: int = ACTOR_WAIT_S) -> Iterator[None]:
+    """Datasets built inside spread over every actor of a scoring pool: small blocks (Ray Data makes one block of
+    a file of up to 128 MiB), and no block handed out before every actor has loaded the model (else the first
+    live actor takes several while the others still import torch). `repartition(target_num_rows_per_block=...)`
+    would split blocks too, but its tasks reserve a CPU, which the actors hold."""
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size, context.wait_for_min_actors_s
+    context.target_max_block_size, context.wait_for_min_actors_s = block_bytes, actor_wait_s
+    try:
+        yield
+    finally:
+        context.target_max_block_size, context.wait_for_min_actors_s = saved
+
+
+@dataclass
+class ScoringReport:
+    """What a scoring job wrote: rows kept and dropped (by reason, the first few by location), rows per actor,
+    and when each batch was scored, from which the steady rate is told apart from start-up."""
+
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    per_actor: Counter = field(default_factory=Counter)
+    batches: list[tuple[float, int]] = field(default_factory=list)  # (scored at, usable rows)
+
+    def add(self, part: dict) -> None:
+        self.kept += part["kept"]
+        self.dropped.update(part["dropped"])
+        self.examples = (self.examples + part["examples"])[:EXAMPLES]
+        self.per_actor.update(part["per_actor"])
+        self.batches += [tuple(b) for b in part["batches"]]
+
+    def timing(self, started: float) -> dict:
+        """Seconds to the first scored batch, and rows/s from it to the last (the first batch's rows excluded)."""
+        if not self.batches:
+            return {"first_batch_s": None, "steady_rows_per_s": None}
+        stamps = sorted(self.batches)
+        first, last = stamps[0][0], stamps[-1][0]
+        later = sum(rows for at, rows in stamps if at > first)
+        return {"first_batch_s": round(first - started, 1),
+                "steady_rows_per_s": round(later / (last - first)) if last > first else None}
+
+
+class ScoredSink(ray.data.Datasink):
+    """One pass, two outputs: scored rows to `predictions` (parquet or jsonl), rows with a problem to `rejects`
+    (jsonl: where, problem, id, text), each write returning what it wrote for the job's `ScoringReport`. A plain
+    local path is written on the driver's node, whole; a URI from every node."""
+
+    PREDICTED = ["id", "text", "sentiment", "label", "confidence", "scores"]
+    REJECTED = ["where", "problem", "id", "text"]
+
+    def __init__(self, predictions: str, rejects: str, file_format: str = "parquet"):
+        self.predictions, self.rejects, self.file_format = predictions, rejects, file_format
+        self.report = ScoringReport()
+
+    @property
+    def supports_distributed_writes(self) -> bool:
+        return is_uri(self.predictions)
+
+    def on_write_start(self, schema=None) -> None:
+        delete_dir(self.predictions)  # a rerun replaces its output instead of adding to it
+        delete_dir(self.rejects)
+
+    def write(self, blocks, ctx) -> dict:
+        part = {"kept": 0, "dropped": Counter(), "examples": [], "per_actor": Counter(), "batches": []}
+        for index, block in enumerate(blocks):
+            table = ray.data.block.BlockAccessor.for_block(block).to_arrow()
+            bad = pyarrow.compute.not_equal(table["problem"], "")
+            good, rejected = table.filter(pyarrow.compute.invert(bad)), table.filter(bad)
+            name = f"{ctx.task_idx:06d}_{index:06d}"
+            if good.num_rows:
+                _write_table(good.select([c for c in self.PREDICTED if c in good.column_names]),
+                             join(self.predictions, name), self.file_format)
+            if rejected.num_rows:
+                _write_table(rejected.select(self.REJECTED), join(self.rejects, name), "jsonl")
+            problems, places = rejected["problem"].to_pylist(), rejected["where"].to_pylist()
+            part["kept"] += good.num_rows
+            part["dropped"].update(problems)
+            part["examples"] += [f"{w} {p}" for w, p in zip(places[:EXAMPLES], problems[:EXAMPLES])]
+            part["per_actor"].update(good[SCORER].to_pylist())
+            part["batches"] += list(Counter(good[SCORED_AT].to_pylist()).items())
+        part["examples"] = part["examples"][:EXAMPLES]
+        return part
+
+    def on_write_complete(self, write_result) -> None:
+        for part in write_result.write_returns:
+            self.report.add(part)
+
+
+def _write_table(table: pyarrow.Table, path: str, file_format: str) -> None:
+    fs, inner = filesystem(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    if file_format == "parquet":
+        pyarrow.parquet.write_table(table, inner + ".parquet", filesystem=fs)
+        return
+    with fs.open_output_stream(inner + ".jsonl") as stream:
+        stream.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()).encode())
 
 
 def _confusion_of_block(batch: pd.DataFrame) -> pd.DataFrame:

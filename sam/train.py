@@ -21,7 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from sam import checkpoint
-from sam.batching import collate, training_batches
+from sam.batching import collate, epoch_batches
 from sam.config import CONFIG_FILE, Config, ScaleConfig
 from sam.data import PreparedData, prepare_data
 from sam.learner import EpochStats, Learner, Predictions, warmup_steps
@@ -106,12 +106,7 @@ def build_or_restore(config: Config, loop_config: dict, device: torch.device) ->
 
 
 def train_one_epoch(learner: Learner, config: Config, epoch: int, progress: dict, loop_config: dict, restored: bool) -> EpochStats:
-    window = config.train.batch_size * config.train.bucket_batches
-    windows = ray.train.get_dataset_shard("train").iter_batches(
-        batch_size=window, batch_format="numpy", local_shuffle_buffer_size=2 * window,
-        local_shuffle_seed=config.train.seed + epoch,
-    )
-    batches = training_batches(windows, config.train.batch_size, loop_config["tokenizer"].pad_token_id, config.train.seed + epoch)
+    batches = epoch_batches(ray.train.get_dataset_shard("train"), config.train, epoch, loop_config["tokenizer"].pad_token_id)
     log_every = max(1, loop_config["steps_per_epoch"] // 4)
     rank, started = ray.train.get_context().get_world_rank(), time.perf_counter()
 

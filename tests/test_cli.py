@@ -65,7 +65,9 @@ def test_data_without_valid_rows_names_the_file(ray_session, tmp_path, capsys):
     assert f"{tmp_path}: no valid rows" in error and "train.jsonl:1 blank text" in error
 
 
-def test_predict_data_writes_one_row_per_valid_input_and_a_rejects_file(ray_session, tiny_model_dir, tmp_path, capsys):
+def test_predict_data_scores_and_rejects_in_one_pass(ray_session, tiny_model_dir, tmp_path, capsys, caplog):
+    import logging
+
     import pandas as pd
 
     from sam.predict import Predictor
@@ -74,24 +76,34 @@ def test_predict_data_writes_one_row_per_valid_input_and_a_rejects_file(ray_sess
     bad = [{"id": "blank", "text": "  "}, {"id": "none"}, {"id": "long", "text": "x" * 10_001}]
     lines = [json.dumps(r) for r in rows[:100] + bad + rows[100:]] + ["{not json"]
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "tweets.jsonl").write_text("\n".join(lines) + "\n")
+    for part in range(3):
+        (tmp_path / "in" / f"tweets-{part}.jsonl").write_text("\n".join(lines[part * 92 : (part + 1) * 92]) + "\n")
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(tiny_model_dir), "--data", str(tmp_path / "in"), "--output", str(out),
-                 "--actors", "2"]) == 0
+    ray_data_log = logging.getLogger("ray.data")  # Ray's loggers do not propagate to pytest's
+    ray_data_log.addHandler(caplog.handler)
+    try:
+        assert main(["predict", "--model", str(tiny_model_dir), "--data", str(tmp_path / "in"), "--output", str(out),
+                     "--actors", "2"]) == 0
+    finally:
+        ray_data_log.removeHandler(caplog.handler)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rows"] == 270 and sum(summary["rejected"].values()) == 4
+    assert sum(summary["rows_per_actor"].values()) == 270 and summary["steady_rows_per_s"] is not None
+    assert caplog.text.count("Starting execution of Dataset") == 1  # one pass over the source: scored and rejected together
 
     predictions = pd.read_parquet(out / "predictions")
-    assert sorted(predictions["id"]) == sorted(r["id"] for r in rows)
+    rejects = pd.concat(pd.read_json(file, lines=True) for file in (out / "rejects").glob("*.json*"))
+    assert sorted(predictions["id"]) == sorted(r["id"] for r in rows)  # every valid row once, no rejected one
+    assert sorted(rejects["id"].fillna("")) == ["", "blank", "long", "none"] and set(rejects["id"]).isdisjoint(predictions["id"])
     assert set(predictions.columns) == {"id", "text", "sentiment", "label", "confidence", "scores"}
     sample = predictions.sample(5, random_state=0)
     expected = Predictor(tiny_model_dir).predict(sample["text"].tolist())
     assert sample["label"].tolist() == [e["label"] for e in expected]  # the same answers as the model alone
-
-    rejects = pd.read_json(next((out / "rejects").glob("*.json*")), lines=True)
     assert sorted(rejects["problem"]) == ["blank text", "missing text", "not JSON", "text over 10000 characters"]
-    assert "tweets.jsonl:101 blank text" in {f"{w} {p}" for w, p in zip(rejects["where"], rejects["problem"])}
+    assert "tweets-1.jsonl:9 blank text" in {f"{w} {p}" for w, p in zip(rejects["where"], rejects["problem"])}
 
+    for stale in (tmp_path / "in").iterdir():
+        stale.unlink()
     (tmp_path / "in" / "tweets.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # fixed, rerun
     assert main(["predict", "--model", str(tiny_model_dir), "--data", str(tmp_path / "in"), "--output", str(out)]) == 0
     assert len(pd.read_parquet(out / "predictions")) == 270 and not (out / "rejects").exists()  # replaced, not added to

@@ -14,7 +14,7 @@ from sam.data import (
     validate_batch,
 )
 from sam.tokenizer import train_wordpiece
-from tests.conftest import tweet_rows, write_jsonl
+from tests.conftest import tiny_config, tweet_rows, write_jsonl
 
 
 def numbered_rows(n):
@@ -194,3 +194,67 @@ def test_a_mistyped_relative_file_is_no_such_file_not_a_hub_name(tmp_path, monke
     assert _is_hub_name("mteb/tweet_sentiment_extraction") and not _is_hub_name("data/tweets.jsonl")
     with pytest.raises(DataError, match="data/tweets.jsonl: no such file or directory"):
         list_files("data/tweets.jsonl")
+
+
+def test_the_splits_are_materialized_within_the_budget_and_streamed_over_it(ray_session):
+    import ray.data
+
+    from ray.data.dataset import MaterializedDataset
+
+    from sam.data import LoadReport, PreparedData, materialize_if_small, tokenized_mb
+
+    def prepared():
+        return PreparedData(ray.data.range(100), ray.data.range(20), None, [1.0] * 3, 100, 20, LoadReport("x"))
+
+    size = tokenized_mb(120, max_length=32)
+    for setting, expected in ((size * 1.01, True), (size * 0.99, False), (0, False), (1024, True)):
+        data = materialize_if_small(prepared(), 32, setting)
+        assert data.materialized is expected
+        assert isinstance(data.train, MaterializedDataset) is expected and data.train.count() == 100
+
+
+def label_sorted_corpus(directory, n=8000):
+    rows = sorted(numbered_rows(n), key=lambda row: row["label"])
+    write_jsonl(directory / "train.jsonl", rows)
+    return rows
+
+
+def epochs_of(data, config, epochs=2):
+    from sam.batching import epoch_batches
+
+    return [list(epoch_batches(data.train, config.train, epoch, data.tokenizer.pad_token_id)) for epoch in range(epochs)]
+
+
+def test_materialized_and_streamed_epochs_give_the_same_batches(ray_session, tmp_path):
+    import ray.data
+
+    from sam.data import materialize_if_small, prepare_data
+
+    label_sorted_corpus(tmp_path, 2000)
+    config = tiny_config(tmp_path, shuffle_buffer=500)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # Ray's tasks may finish in any order; the batches follow it
+    try:
+        streamed = prepare_data(config.with_flat(materialize_mb=0))
+        materialized = materialize_if_small(streamed, config.model.max_length, 1024)
+        assert not streamed.materialized and materialized.materialized
+        a, b = epochs_of(streamed, config), epochs_of(materialized, config)
+    finally:
+        context.execution_options.preserve_order = False
+    assert [len(epoch) for epoch in a] == [len(epoch) for epoch in b] and a[0][0]["labels"].tolist() != a[1][0]["labels"].tolist()
+    for epoch_a, epoch_b in zip(a, b):
+        for x, y in zip(epoch_a, epoch_b):
+            assert x["labels"].tolist() == y["labels"].tolist() and x["input_ids"].equal(y["input_ids"])
+
+
+def test_a_file_sorted_by_label_gives_batches_of_every_class(ray_session, tmp_path):
+    from sam.data import prepare_data
+
+    rows = label_sorted_corpus(tmp_path)
+    config = tiny_config(tmp_path)
+    (epoch,) = epochs_of(prepare_data(config), config, epochs=1)
+    overall = np.bincount([row["label"] for row in rows], minlength=3) / len(rows)
+    first_fifth = np.concatenate([batch["labels"].numpy() for batch in epoch[: len(epoch) // 5]])
+    assert np.abs(np.bincount(first_fifth, minlength=3) / len(first_fifth) - overall).max() < 0.05
+    first_window = np.concatenate([batch["labels"].numpy() for batch in epoch[: config.train.bucket_batches]])
+    assert (np.bincount(first_window, minlength=3) / len(first_window)).max() < 0.6  # sorted, it would be all one class
