@@ -39,15 +39,21 @@ class PeakMemory:
     """The process's peak anonymous RSS, sampled in a thread, beside its peak total RSS."""
 
     def __init__(self, every_s: float = 0.05):
-        self.anon_kb, self.every_s, self.stop = 0, every_s, threading.Event()
+        self.anon_kb, self.phase_kb, self.every_s, self.stop = 0, 0, every_s, threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
         while not self.stop.is_set():
             with open("/proc/self/status") as status:
                 line = next(line for line in status if line.startswith("RssAnon:"))
-            self.anon_kb = max(self.anon_kb, int(line.split()[1]))
+            self.phase_kb = max(self.phase_kb, int(line.split()[1]))
+            self.anon_kb = max(self.anon_kb, self.phase_kb)
             self.stop.wait(self.every_s)
+
+    def phase_peak_mb(self) -> float:
+        """The peak anonymous RSS since the last call, in MB."""
+        peak, self.phase_kb = self.phase_kb, 0
+        return round(peak / 1024, 1)
 
     def result(self) -> dict:
         self.stop.set()
@@ -86,12 +92,13 @@ def data_phase(directory: str) -> dict:
     config = Config().with_flat(data=directory, materialize_mb=0)
     started = time.perf_counter()
     data = prepare_data(config)
-    prepared = time.perf_counter()
+    prepared, prepare_anon_mb = time.perf_counter(), memory.phase_peak_mb()
     rows = sum(len(batch["labels"]) for batch in epoch_batches(data.train, config.train, 0, data.tokenizer.pad_token_id))
     epoch_s = time.perf_counter() - prepared
     ray.shutdown()
     return {"prepare_s": round(prepared - started, 1), "epoch_s": round(epoch_s, 1), "epoch_rows": rows,
-            "rows_per_s": round(rows / epoch_s), **memory.result()}
+            "rows_per_s": round(rows / epoch_s), "prepare_peak_anon_mb": prepare_anon_mb,
+            "epoch_peak_anon_mb": memory.phase_peak_mb(), **memory.result()}
 
 
 def scoring_phase(directory: str, model: str, limit: int | None) -> dict:
@@ -185,7 +192,8 @@ def main() -> None:
         print(f"{'phase':<10}{'rows/s':>10}{'peak anon MB':>14}{'peak RSS MB':>13}{'seconds':>10}")
         print(f"{'data':<10}{data['rows_per_s']:>10,}{data['driver_peak_anon_mb']:>14}{data['driver_peak_rss_mb']:>13}"
               f"{data['prepare_s'] + data['epoch_s']:>10.1f}   (prepare {data['prepare_s']} s, epoch {data['epoch_s']} s over "
-              f"{data['epoch_rows']:,} training rows)")
+              f"{data['epoch_rows']:,} training rows; peak anon MB {data['prepare_peak_anon_mb']} preparing, "
+              f"{data['epoch_peak_anon_mb']} in the epoch)")
         if scoring:
             print(f"{'scoring':<10}{scoring['rows_per_s']:>10,}{scoring['driver_peak_anon_mb']:>14}{scoring['driver_peak_rss_mb']:>13}"
                   f"{scoring['seconds']:>10}   ({scoring['rows']:,} rows; first batch at {scoring['first_batch_s']} s, then "
