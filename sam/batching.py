@@ -11,7 +11,7 @@ import torch
 
 def pad_batch(ids: Iterable[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
     """Pads to the longest sequence in this batch (dynamic padding), with its attention mask."""
-    rows = [torch.as_tensor(row, dtype=torch.long) for row in ids]
+    rows = [torch.tensor(row, dtype=torch.long) for row in ids]  # a copy: Ray Data's arrays are read-only
     input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
     attention_mask = torch.zeros_like(input_ids)
     for i, row in enumerate(rows):

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import nullcontext
 
 from sam.config import DEFAULT_MODEL_DIR, Config, add_config_arguments, config_from_args
 from sam.storage import StorageError, exists, join, local_model_dir, redact, resolve
@@ -18,12 +19,28 @@ log = logging.getLogger("sam")
 VALIDATION = "validation"  # not a split on disk: the one carved from train when the model was trained
 
 
-def _init_ray() -> None:
+def _init_ray(args: argparse.Namespace) -> None:
     """Joins the cluster named by RAY_ADDRESS, or starts a local one (unless this process already has Ray)."""
     import ray
 
+    from sam.console import ray_init_options
+
     if not ray.is_initialized():
-        ray.init()
+        ray.init(**ray_init_options(args.verbose))
+
+
+def _tracker(args: argparse.Namespace):
+    """The command's MLflow handle, or None; its URI also goes to every Ray process of the job (models:/ reads)."""
+    from sam.tracking import URI_ENV, tracker
+
+    tracked = tracker(args.tracking_uri, args.experiment)
+    if tracked:
+        os.environ[URI_ENV] = tracked.uri
+    return tracked
+
+
+def _printed(metrics: dict) -> str:
+    return json.dumps({k: v for k, v in metrics.items() if k != "history"})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -32,10 +49,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     check_output(args.output)
-    _init_ray()
+    tracked = _tracker(args)
+    _init_ray(args)
     metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures,
-                    resume=args.resume)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+                    resume=args.resume, tracked=tracked, register=args.register)
+    print(_printed(metrics))
     return 0
 
 
@@ -50,11 +68,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if resolve(args.output) == resolve(config.distill.teacher):
         raise ValueError(f"--output {redact(args.output)} is the teacher: the student would replace it")
     check_output(args.output)
-    _init_ray()
+    tracked = _tracker(args)
+    _init_ray(args)
     data = prepare(config, args.transfer, root=args.storage, **_scoring_args(args))
     metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures,
-                    data=data, resume=args.resume)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+                    data=data, resume=args.resume, tracked=tracked, register=args.register)
+    print(_printed(metrics))
     return 0
 
 
@@ -71,8 +90,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from sam.checkpoint import check_output
     from sam.distill import check_teacher_split
     from sam.train import check_run_name, new_run_name
+    from sam.tracking import flat_params, record_decisions, run_tags, trial_logger
+    from sam.train import finish_tracking
     from sam.tune import experiment_path, export_best, format_leaderboard, is_complete, resume_search, run_search, summarize
 
+    started = time.perf_counter()
     knobs = {name for section in Config().to_dict().values() for name in section}
     fixed = tuple(name for name in vars(args) if name in knobs)  # given by hand: left out of the search space
     config = search_config(args)
@@ -81,20 +103,31 @@ def cmd_tune(args: argparse.Namespace) -> int:
         check_teacher_split(config)
     name = args.name or new_run_name("search")
     check_run_name("search", name, args.storage, exists(experiment_path(args.storage, name)), args.resume)
-    _init_ray()
-    if args.resume:
-        results, spec = resume_search(args.storage, name, given=config, fixed=fixed)
-    else:
-        results, spec = run_search(config, args.storage, name, args.num_samples, grace_period=args.grace_period,
-                                   reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent, fixed=fixed)
-    rows = summarize(results, spec)
-    print(format_leaderboard(rows))
-    if not is_complete(results, spec):
-        print(f"search interrupted; continue it with: sam tune --storage {args.storage} --name {name} --resume", file=sys.stderr)
-        return 130
-    metrics = export_best(rows, args.output, args.storage, name)
-    print(json.dumps({"output": redact(args.output), "trial_id": metrics["trial_id"], "val_accuracy": metrics["val_accuracy"],
-                      "val_macro_f1": metrics["val_macro_f1"], "best_epoch": metrics["best_epoch"]}))
+    tracked = _tracker(args)
+    _init_ray(args)
+    parent = tracked.start(name, flat_params(config), run_tags(config) | {"sam.kind": "search"}) if tracked else None
+    callbacks = [trial_logger(tracked, parent)] if tracked else None
+    with tracked.running(parent) if tracked else nullcontext():
+        if args.resume:
+            results, spec = resume_search(args.storage, name, given=config, fixed=fixed)
+        else:
+            results, spec = run_search(config, args.storage, name, args.num_samples, grace_period=args.grace_period,
+                                       reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent, fixed=fixed,
+                                       callbacks=callbacks)
+        rows = summarize(results, spec)
+        print(format_leaderboard(rows))
+        if tracked:
+            record_decisions(tracked, parent, rows)
+        if not is_complete(results, spec):
+            print(f"search interrupted; continue it with: sam tune --storage {args.storage} --name {name} --resume", file=sys.stderr)
+            return 130
+        metrics = export_best(rows, args.output, args.storage, name)
+        summary = {"output": redact(args.output), "trial_id": metrics["trial_id"], "val_accuracy": metrics["val_accuracy"],
+                   "val_macro_f1": metrics["val_macro_f1"], "best_epoch": metrics["best_epoch"]}
+        if tracked:
+            metrics["wall_s"] = time.perf_counter() - started
+            summary.update(finish_tracking(tracked, parent, metrics, args.output, args.register))
+    print(json.dumps(summary))
     return 0
 
 
@@ -108,7 +141,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sam.predict import Predictor, confusion, score_rows, scoring_job
 
     Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
-    _init_ray()
+    tracked = _tracker(args)
+    _init_ray(args)
     with scoring_job():
         if args.split == VALIDATION:  # the model's own split settings, over the data given here
             split = train_and_validation(Config.load(local_model_dir(args.model)).with_flat(data=args.data))
@@ -123,9 +157,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         plot_confusion(results, args.plot)
         print(f"confusion matrix written to {args.plot}")
+    if tracked:
+        results["mlflow_run_id"] = track_evaluation(tracked, args, results)
     if args.json:
         print(json.dumps(results))
     return 0
+
+
+def track_evaluation(tracked, args: argparse.Namespace, results: dict) -> str:
+    """A run of its own: the split's metrics, per class too, with the confusion matrix as a picture."""
+    import tempfile
+
+    from sam.evaluate import plot_confusion
+
+    name = f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = tracked.start(name, {"model": redact(args.model), "data": args.data, "split": args.split},
+                           {"sam.kind": "evaluate", "sam.model": redact(args.model), "sam.source": args.data})
+    with tracked.running(run_id):
+        per_class = {f"{args.split}_{label}_{k.replace('-score', '')}": row[k]
+                     for label, row in results["per_class"].items() for k in ("precision", "recall", "f1-score")}
+        tracked.log_metrics(run_id, {f"{args.split}_accuracy": results["accuracy"], f"{args.split}_macro_f1": results["macro_f1"],
+                                     f"{args.split}_n": results["n"], **per_class})
+        with tempfile.TemporaryDirectory() as directory:
+            plot_confusion(results, f"{directory}/confusion_matrix.png")
+            with open(f"{directory}/results.json", "w") as file:
+                json.dump(results, file, indent=2)
+            tracked.client.log_artifacts(run_id, directory)
+    return run_id
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -150,20 +208,19 @@ def predict_dataset(args: argparse.Namespace) -> int:
     if not args.output:
         raise ValueError("--data needs --output, the directory to write the predictions to")
     Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
-    _init_ray()
+    _init_ray(args)
     started = time.time()
     predictions, rejects = join(args.output, "predictions"), join(args.output, "rejects")
-    sink = ScoredSink(predictions, rejects, args.format)
+    sink = ScoredSink(args.data, predictions, rejects, args.format)
     with scoring_job():
         rows = read_rows(args.data, args.split, require_label=False)
         # Writes hold no CPU, so they go on beside the scoring actors that hold them all.
         score_rows(rows, args.model, **_scoring_args(args)).write_datasink(sink, ray_remote_args={"num_cpus": 0})
-    report = sink.report
-    if not report.kept:
-        raise DataError(f"{args.data}: no valid rows ({sum(report.dropped.values())} dropped: "
-                        f"{', '.join(f'{n} {reason}' for reason, n in report.dropped.most_common())}; first: {'; '.join(report.examples)})")
-    print(json.dumps({"predictions": redact(predictions), "rows": report.kept,
-                      "rejects": redact(rejects) if report.dropped else None, "rejected": dict(report.dropped),
+    report, rows = sink.report, sink.report.rows
+    if not rows.kept:
+        raise DataError(f"{args.data}: no valid rows ({rows})")
+    print(json.dumps({"predictions": redact(predictions), "rows": rows.kept,
+                      "rejects": redact(rejects) if rows.dropped else None, "rejected": dict(rows.dropped),
                       "rows_per_actor": dict(report.per_actor), **report.timing(started)}))
     return 0
 
@@ -172,7 +229,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from sam.data import read_rows, summarize, text_sample, valid_only
     from sam.tokenizer import train_wordpiece
 
-    _init_ray()
+    _init_ray(args)
     rows = read_rows(args.data, "train")
     summarize(rows, args.data, seed=0)  # the data report, and an error naming a source without valid rows
     model = config_from_args(args).model
@@ -199,6 +256,18 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", action="store_true", help="dynamic int8 on CPU, as Serve's quantize=true")
 
 
+def add_monitoring_arguments(parser: argparse.ArgumentParser, tracking: bool = True, register: bool = False) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show Ray's and the libraries' own log lines")
+    if tracking:
+        group = parser.add_argument_group("tracking (MLflow)")
+        group.add_argument("--tracking-uri", default=None, help="MLflow tracking URI, e.g. sqlite:///mlruns.db or http://host:5000 "
+                           "(default: $MLFLOW_TRACKING_URI; unset: no tracking)")
+        group.add_argument("--experiment", default="sam", help="MLflow experiment for the run (default: sam)")
+    if register:
+        group.add_argument("--register", default=None, metavar="NAME",
+                           help="register the exported model as a new version of NAME (serve it as models:/NAME/VERSION)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam", description="Tweet sentiment on Ray: train, evaluate, predict.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train on Ray Train and export the best epoch as a model directory")
     add_run_arguments(train)
     add_config_arguments(train)
+    add_monitoring_arguments(train, register=True)
     train.set_defaults(run=cmd_train)
 
     distill = commands.add_parser(
@@ -220,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "for the teacher, data, split and augmentation under --storage, else ~/ray_results)")
     add_scoring_arguments(distill)
     add_config_arguments(distill, sections=("distill", "model", "train", "data", "scale"))
+    add_monitoring_arguments(distill, register=True)
     distill.set_defaults(run=cmd_distill)
 
     tune = commands.add_parser(
@@ -240,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--name", default=None, help="experiment name under --storage (default: sam-search-<time>)")
     search.add_argument("--resume", action="store_true", help="continue the interrupted search --storage/--name with its stored settings")
     add_config_arguments(tune, sections=("model", "train", "data", "distill", "scale"))
+    add_monitoring_arguments(tune, register=True)
     tune.set_defaults(run=cmd_tune)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, macro-F1, per-class report and confusion matrix")
@@ -251,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scoring_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
     evaluate.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix as a picture")
+    add_monitoring_arguments(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
     predict = commands.add_parser(
@@ -265,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", default=None, help="directory for predictions/ and rejects/ (with --data)")
     predict.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="predictions file format (default: parquet)")
     add_scoring_arguments(predict)
+    add_monitoring_arguments(predict, tracking=False)
     predict.set_defaults(run=cmd_predict)
 
     tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="action", required=True)
@@ -272,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_train.add_argument("--data", required=True, help="as for sam train --data")
     add_config_arguments(tokenizer_train, sections=("model",), only=("vocab_size", "lowercase"))
     tokenizer_train.add_argument("--output", required=True, help="directory for the HF tokenizer files")
+    add_monitoring_arguments(tokenizer_train, tracking=False)
     tokenizer_train.set_defaults(run=cmd_tokenizer_train)
     return parser
 
@@ -280,10 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     from sam.data import DataError
     from sam.predict import ModelDirError
 
+    from sam.console import configure
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer runs in Ray's processes, not forked ones
-    logging.basicConfig(format="%(message)s", level=logging.INFO)
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure(args.verbose)
     if getattr(args, "resume", False) and not args.name:
         parser.error("--resume needs the --name of the run to continue")
     try:

@@ -24,6 +24,7 @@ import ray
 import ray.data
 
 from sam import LABELS
+from sam.console import set_data_progress
 from sam.config import Config
 from sam.encoding import MAX_TEXT_CHARS, encode_rows
 from sam.storage import ray_data_path
@@ -65,6 +66,12 @@ class LoadReport:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+
+    def merge(self, other: "LoadReport") -> None:
+        """Another part's counts added in (a block's, a write task's)."""
+        self.kept += other.kept
+        self.dropped.update(other.dropped)
+        self.examples = (self.examples + other.examples)[:EXAMPLES]
 
     def __str__(self) -> str:
         text = f"{self.source}: {self.kept} valid rows"
@@ -222,7 +229,7 @@ def read_rows(source: str, split: str = "train", require_label: bool = True,
     """Validated rows (text, label, id, problem, where) from files or a hub name, lazily: nothing is read yet.
     With `shuffle_seed`, files are read in a seeded order, the same on every pass, so a corpus sharded by class
     still mixes across an epoch without a stage that waits for all of its input."""
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch per worker drowns the log
+    set_data_progress(ray.data.DataContext.get_current())
     if _is_hub_name(source):
         import datasets
 
@@ -292,16 +299,8 @@ def _valid_rows(batch: pd.DataFrame) -> pd.DataFrame:
     return batch[batch["problem"] == ""]
 
 
-def _dropped_rows(batch: pd.DataFrame) -> pd.DataFrame:
-    return batch[batch["problem"] != ""]
-
-
 def valid_only(rows: ray.data.Dataset) -> ray.data.Dataset:
     return rows.map_batches(_valid_rows, batch_format="pandas", **light_tasks())
-
-
-def dropped_only(rows: ray.data.Dataset) -> ray.data.Dataset:
-    return rows.map_batches(_dropped_rows, batch_format="pandas", **light_tasks())
 
 
 def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadReport, np.ndarray]:
@@ -312,9 +311,7 @@ def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadRepor
                                      **light_tasks())
         for row in summaries.iter_rows():
             part = json.loads(row["summary"])
-            report.kept += part["kept"]
-            report.dropped.update(part["dropped"])
-            report.examples = (report.examples + part["examples"])[:EXAMPLES]
+            report.merge(LoadReport(source, part["kept"], Counter(part["dropped"]), part["examples"]))
             histogram += np.asarray(part["histogram"], dtype=np.int64).reshape(len(LABELS), SPLIT_BINS)
     except DataError:
         raise

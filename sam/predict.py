@@ -26,10 +26,11 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from sam import LABELS
 from sam.config import CONFIG_FILE, Config
+from sam.console import data_progress
 from sam.batching import pad_batch, token_budget_chunks
-from sam.data import EXAMPLES
+from sam.data import EXAMPLES, LoadReport
 from sam.encoding import encode
-from sam.storage import StorageError, delete_dir, filesystem, is_uri, join, local_model_dir, redact, resolve
+from sam.storage import StorageError, delete_dir, filesystem, is_uri, join, local_model_dir, model_location, redact, write_text
 from sam.tokenizer import load_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
@@ -168,7 +169,7 @@ def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, g
     check_model_dir(model_dir)
     return rows.map_batches(
         # A URI, so that each node's actors fetch the model into that node's cache, or an absolute local path.
-        BatchScorer, fn_constructor_kwargs={"model_dir": resolve(model_dir), "quantize": quantize,
+        BatchScorer, fn_constructor_kwargs={"model_dir": model_location(model_dir), "quantize": quantize,
                                             "with_logits": with_logits},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pandas",
         num_cpus=0 if gpus_per_actor else 1, num_gpus=gpus_per_actor or None,
@@ -180,33 +181,30 @@ def scoring_job(block_bytes: int = SCORING_BLOCK_BYTES, actor_wait_s: int = ACTO
     """Datasets built inside spread over every actor of a scoring pool: small blocks (Ray Data makes one block of
     a file of up to 128 MiB), and no block handed out before every actor has loaded the model (else the first
     live actor takes several while the others still import torch). `repartition(target_num_rows_per_block=...)`
-    would split blocks too, but its tasks reserve a CPU, which the actors hold."""
+    would split blocks too, but its tasks reserve a CPU, which the actors hold. Ray Data shows its progress."""
     context = ray.data.DataContext.get_current()
     saved = context.target_max_block_size, context.wait_for_min_actors_s
     context.target_max_block_size, context.wait_for_min_actors_s = block_bytes, actor_wait_s
     try:
-        yield
+        with data_progress():
+            yield
     finally:
         context.target_max_block_size, context.wait_for_min_actors_s = saved
 
 
 @dataclass
 class ScoringReport:
-    """What a scoring job wrote: rows kept and dropped (by reason, the first few by location), rows per actor,
-    and when each batch was scored, from which the steady rate is told apart from start-up."""
+    """What a scoring job wrote: the rows kept and dropped (a `LoadReport`), rows per actor, and when each batch was
+    scored, from which the steady rate is told apart from start-up."""
 
-    kept: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
+    rows: LoadReport
     per_actor: Counter = field(default_factory=Counter)
     batches: list[tuple[float, int]] = field(default_factory=list)  # (scored at, usable rows)
 
-    def add(self, part: dict) -> None:
-        self.kept += part["kept"]
-        self.dropped.update(part["dropped"])
-        self.examples = (self.examples + part["examples"])[:EXAMPLES]
-        self.per_actor.update(part["per_actor"])
-        self.batches += [tuple(b) for b in part["batches"]]
+    def merge(self, other: "ScoringReport") -> None:
+        self.rows.merge(other.rows)
+        self.per_actor.update(other.per_actor)
+        self.batches += other.batches
 
     def timing(self, started: float) -> dict:
         """Seconds to the first scored batch, and rows/s from it to the last (the first batch's rows excluded)."""
@@ -227,9 +225,9 @@ class ScoredSink(ray.data.Datasink):
     PREDICTED = ["id", "text", "sentiment", "label", "confidence", "scores"]
     REJECTED = ["where", "problem", "id", "text"]
 
-    def __init__(self, predictions: str, rejects: str, file_format: str = "parquet"):
-        self.predictions, self.rejects, self.file_format = predictions, rejects, file_format
-        self.report = ScoringReport()
+    def __init__(self, source: str, predictions: str, rejects: str, file_format: str = "parquet"):
+        self.source, self.predictions, self.rejects, self.file_format = source, predictions, rejects, file_format
+        self.report = ScoringReport(LoadReport(source))
 
     @property
     def supports_distributed_writes(self) -> bool:
@@ -239,8 +237,8 @@ class ScoredSink(ray.data.Datasink):
         delete_dir(self.predictions)  # a rerun replaces its output instead of adding to it
         delete_dir(self.rejects)
 
-    def write(self, blocks, ctx) -> dict:
-        part = {"kept": 0, "dropped": Counter(), "examples": [], "per_actor": Counter(), "batches": []}
+    def write(self, blocks, ctx) -> ScoringReport:
+        part = ScoringReport(LoadReport(self.source))
         for index, block in enumerate(blocks):
             table = ray.data.block.BlockAccessor.for_block(block).to_arrow()
             bad = pyarrow.compute.not_equal(table["problem"], "")
@@ -252,27 +250,23 @@ class ScoredSink(ray.data.Datasink):
             if rejected.num_rows:
                 _write_table(rejected.select(self.REJECTED), join(self.rejects, name), "jsonl")
             problems, places = rejected["problem"].to_pylist(), rejected["where"].to_pylist()
-            part["kept"] += good.num_rows
-            part["dropped"].update(problems)
-            part["examples"] += [f"{w} {p}" for w, p in zip(places[:EXAMPLES], problems[:EXAMPLES])]
-            part["per_actor"].update(good[SCORER].to_pylist())
-            part["batches"] += list(Counter(good[SCORED_AT].to_pylist()).items())
-        part["examples"] = part["examples"][:EXAMPLES]
+            part.merge(ScoringReport(
+                LoadReport(self.source, good.num_rows, Counter(problems), [f"{w} {p}" for w, p in zip(places[:EXAMPLES], problems)]),
+                Counter(good[SCORER].to_pylist()), list(Counter(good[SCORED_AT].to_pylist()).items())))
         return part
 
     def on_write_complete(self, write_result) -> None:
         for part in write_result.write_returns:
-            self.report.add(part)
+            self.report.merge(part)
 
 
 def _write_table(table: pyarrow.Table, path: str, file_format: str) -> None:
+    if file_format == "jsonl":
+        write_text(path + ".jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()))
+        return
     fs, inner = filesystem(path)
     fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    if file_format == "parquet":
-        pyarrow.parquet.write_table(table, inner + ".parquet", filesystem=fs)
-        return
-    with fs.open_output_stream(inner + ".jsonl") as stream:
-        stream.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()).encode())
+    pyarrow.parquet.write_table(table, inner + ".parquet", filesystem=fs)
 
 
 def _confusion_of_block(batch: pd.DataFrame) -> pd.DataFrame:

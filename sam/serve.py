@@ -30,7 +30,8 @@ from sam import LABELS
 from sam.config import DEFAULT_MODEL_DIR
 from sam.encoding import MAX_TEXT_CHARS
 from sam.predict import ModelDirError, Predictor, check_model_dir
-from sam.storage import resolve
+from sam.storage import model_location
+from sam.tracking import URI_ENV, is_model_uri, tracking_uri
 
 log = logging.getLogger("ray.serve")
 
@@ -333,9 +334,13 @@ def build_app(args: ServeArgs) -> Application:
     except ModelDirError as error:
         raise UnservableModelDir(f"sam serve: {error}") from None
     scaling = {"autoscaling_config": args.autoscaling_config} if args.autoscaling_config else {"num_replicas": args.num_replicas}
+    model_dir = model_location(args.model_dir)
+    actor_options = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
+    if is_model_uri(model_dir):  # each replica downloads the pinned version through MLflow
+        actor_options["runtime_env"] = {"env_vars": {URI_ENV: tracking_uri()}}
     return SentimentDeployment.options(
         max_ongoing_requests=args.max_ongoing_requests,
-        ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+        ray_actor_options=actor_options,
         user_config={"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s},
         **scaling,
-    ).bind(resolve(args.model_dir), args.quantize)  # each replica's node fetches a URI into its own cache
+    ).bind(model_dir, args.quantize)  # each replica's node fetches a URI into its own cache

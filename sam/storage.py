@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.fs
 from filelock import FileLock
 
+PYARROW_SCHEMES = {"file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 CACHE_ENV, DEFAULT_CACHE = "SAM_CACHE_DIR", "~/.cache/sam/models"
 # Credentials a URI can carry: `s3://KEY:SECRET@bucket/...` and `?secret_key=...&session_token=...`.
@@ -119,7 +120,10 @@ def cache_root() -> Path:
 
 def local_model_dir(path: str | Path) -> Path:
     """A model directory to load from: a local one as it is; one on object storage fetched into this node's
-    cache, once for each version (its files' names, sizes and modification times), reused afterwards."""
+    cache, once for each version (its files' names, sizes and modification times), reused afterwards; a registered
+    model (`models:/NAME/VERSION`, `models:/NAME@ALIAS`) from where MLflow keeps that version's files."""
+    if str(path).startswith("models:/"):
+        return _registered_model_dir(str(path))
     if not is_uri(path):
         return Path(path).expanduser()
     files = listing(path)
@@ -142,6 +146,40 @@ def local_model_dir(path: str | Path) -> Path:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     pyarrow.fs.copy_files(file.path, str(target), source_filesystem=fs, destination_filesystem=local_fs)
                 staging.rename(cached)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return cached
+
+
+def model_location(path: str | Path) -> str:
+    """A model directory as every Ray process of a job finds it: a URI as given, a local path made absolute, a
+    registered model pinned to the version it names now (an alias moved mid-job changes nothing)."""
+    if str(path).startswith("models:/"):
+        from sam.tracking import pinned
+
+        return pinned(str(path))
+    return resolve(path)
+
+
+def readable_here(source: str) -> bool:
+    """A local path or a URI pyarrow opens; MLflow's own `mlflow-artifacts:` and `dbfs:` are neither."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", source)
+    return scheme is None or scheme[1].lower() in PYARROW_SCHEMES or len(scheme[1]) == 1  # C:\ is a path
+
+
+def _registered_model_dir(uri: str) -> Path:
+    from sam.tracking import download_model, model_source
+
+    source = model_source(uri)
+    if readable_here(source):
+        return local_model_dir(source)
+    cached = cache_root() / f"mlflow-{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{cached}.lock"):
+        if not cached.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+            try:
+                download_model(source, staging).rename(cached)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     return cached

@@ -10,6 +10,7 @@ import os
 import secrets
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import ray
@@ -17,15 +18,17 @@ import ray.train
 import ray.train.torch
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from sam import checkpoint
 from sam.batching import collate, epoch_batches
+from sam.console import EpochProgress, ProgressSettings
 from sam.config import CONFIG_FILE, Config, ScaleConfig
 from sam.data import PreparedData, prepare_data
 from sam.learner import EpochStats, Learner, Predictions, warmup_steps
 from sam.models import build_model, load_pretrained, summary
+from sam.tracking import EpochLogger, Tracker, flat_params, run_tags
 from sam.storage import exists, is_uri, join, read_text, redact, resolve, write_text
 
 log = logging.getLogger("sam")
@@ -107,18 +110,22 @@ def build_or_restore(config: Config, loop_config: dict, device: torch.device) ->
 
 def train_one_epoch(learner: Learner, config: Config, epoch: int, progress: dict, loop_config: dict, restored: bool) -> EpochStats:
     batches = epoch_batches(ray.train.get_dataset_shard("train"), config.train, epoch, loop_config["tokenizer"].pad_token_id)
-    log_every = max(1, loop_config["steps_per_epoch"] // 4)
-    rank, started = ray.train.get_context().get_world_rank(), time.perf_counter()
+    shown = None
+    if ray.train.get_context().get_world_rank() == 0:
+        shown = EpochProgress(epoch + 1, config.train.epochs, loop_config["steps_per_epoch"], loop_config["progress"])
 
     def after_step(stats: EpochStats) -> None:
         progress["step"] += 1
         progress["peak_lr"] = max(progress["peak_lr"], learner.lr)
         _maybe_inject_fault(loop_config["fault"], progress["step"], restored)
-        if rank == 0 and stats.steps % log_every == 0:
-            log.info("epoch %d step %d: loss %.4f, lr %.2e, %.0f samples/s", epoch + 1, progress["step"], stats.loss,
-                     learner.lr, stats.samples / (time.perf_counter() - started))
+        if shown is not None:
+            shown.update(stats.steps, stats.samples, lambda: stats.loss)
 
-    return learner.train_epoch(batches, after_step)
+    try:
+        return learner.train_epoch(batches, after_step)
+    finally:
+        if shown is not None:
+            shown.close()
 
 
 def validate(learner: Learner, pad_id: int) -> dict:
@@ -153,6 +160,12 @@ def record_epoch(progress: dict, stats: EpochStats, val: dict, learner: Learner,
     return metrics
 
 
+def epoch_summary(metrics: dict, epochs: int) -> str:
+    return (f"epoch {metrics['epoch']}/{epochs}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
+            f"val accuracy {metrics['val_accuracy']:.4f}, macro-F1 {metrics['val_macro_f1']:.4f}, lr {metrics['lr']:.2e}, "
+            f"{metrics['samples_per_s']:,.0f} samples/s, {metrics['epoch_s']:.1f} s ({metrics['data_wait_s']:.1f} s waiting for data)")
+
+
 def report(metrics: dict, learner: Learner, tokenizer, config: Config, progress: dict) -> None:
     """Every worker reports; rank 0 alone writes the checkpoint."""
     rank = ray.train.get_context().get_world_rank()
@@ -170,6 +183,8 @@ def train_func(loop_config: dict) -> None:
     for epoch in range(progress["epoch"], config.train.epochs):
         stats = train_one_epoch(learner, config, epoch, progress, loop_config, restored)
         metrics = record_epoch(progress, stats, validate(learner, tokenizer.pad_token_id), learner, config)
+        if ray.train.get_context().get_world_rank() == 0:
+            log.info("%s", epoch_summary(metrics, config.train.epochs))
         report(metrics, learner, tokenizer, config, progress)
         if metrics["stopping"]:
             break
@@ -182,7 +197,7 @@ def scaling_config(scale: ScaleConfig) -> ScalingConfig:
                          placement_strategy=scale.placement_strategy)
 
 
-def make_trainer(config: Config, data: PreparedData, run_config: RunConfig) -> TorchTrainer:
+def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, progress: ProgressSettings) -> TorchTrainer:
     return TorchTrainer(
         train_func,
         train_loop_config={
@@ -191,6 +206,7 @@ def make_trainer(config: Config, data: PreparedData, run_config: RunConfig) -> T
             "class_weights": data.class_weights,
             "steps_per_epoch": steps_per_epoch(config, data.n_train),
             "fault": _fault_plan(),
+            "progress": progress,
         },
         torch_config=TorchConfig(backend=config.scale.torch_backend),
         scaling_config=scaling_config(config.scale),
@@ -240,9 +256,11 @@ def start_run(config: Config, storage: str | None, name: str, resume: bool = Fal
 
 
 def train(config: Config, output: str | Path, storage: str | None = None, name: str | None = None,
-          max_failures: int = 0, data: PreparedData | None = None, resume: bool = False) -> dict:
+          max_failures: int = 0, data: PreparedData | None = None, resume: bool = False,
+          tracked: Tracker | None = None, register: str | None = None) -> dict:
     """`sam train` (and `sam distill`, which brings its transfer set as `data`): data, trainer, fit, export of
-    the best epoch. Returns the exported metrics."""
+    the best epoch. With `tracked`, one MLflow run holds the params, every epoch and the exported model (as a new
+    version of `register`, when given). Returns the exported metrics."""
     started = time.perf_counter()
     name = name or new_run_name()
     start_run(config, storage, name, resume)
@@ -251,18 +269,38 @@ def train(config: Config, output: str | Path, storage: str | None = None, name: 
     log.info("schedule: %d steps/epoch, warm-up %d steps to peak lr %.2e, then linear decay over %d steps",
              per_epoch, warmup_steps(config.train, per_epoch * config.train.epochs), config.train.lr,
              per_epoch * config.train.epochs)
+    run_id = tracked.start(name, flat_params(config), run_tags(config, data.report)) if tracked else None
+    progress = ProgressSettings.here()
     run_config = RunConfig(
         name=name,
         storage_path=resolve(storage or DEFAULT_STORAGE),
         checkpoint_config=checkpoint_config(),
         failure_config=FailureConfig(max_failures=max_failures),
+        callbacks=[EpochLogger(tracked.uri, run_id)] if tracked else None,
+        logging_config=LoggingConfig(log_level=progress.train_log_level),
     )
-    result = make_trainer(config, data, run_config).fit()
-    best = result.get_best_checkpoint(metric=SELECT_METRIC, mode=SELECT_MODE)
-    metrics = checkpoint.export(best, output, {
-        "n_train": data.n_train, "n_val": data.n_val, "dropped_rows": dict(data.report.dropped),
-        "wall_s": time.perf_counter() - started,
-    }, latest=result.checkpoint)
+    with tracked.running(run_id) if tracked else nullcontext():
+        result = make_trainer(config, data, run_config, progress).fit()
+        best = result.get_best_checkpoint(metric=SELECT_METRIC, mode=SELECT_MODE)
+        metrics = checkpoint.export(best, output, {
+            "n_train": data.n_train, "n_val": data.n_val, "dropped_rows": dict(data.report.dropped),
+            "wall_s": time.perf_counter() - started,
+        }, latest=result.checkpoint)
+        if tracked:
+            metrics.update(finish_tracking(tracked, run_id, metrics, output, register))
     log.info("best epoch %d of %d: val accuracy %.4f, macro-F1 %.4f; model directory %s",
              metrics["best_epoch"], metrics["epochs_run"], metrics["val_accuracy"], metrics["val_macro_f1"], redact(output))
     return metrics
+
+
+def finish_tracking(tracked: Tracker, run_id: str, metrics: dict, output: str | Path, register: str | None) -> dict:
+    """The exported epoch's figures and the model directory on the run; the model registered when asked. Returns
+    where the run (and the version) can be found."""
+    tracked.log_metrics(run_id, {f"best_{k}": metrics[k] for k in ("val_accuracy", "val_macro_f1", "val_loss")}
+                        | {"best_epoch": metrics["best_epoch"], "wall_s": metrics["wall_s"]})
+    tracked.log_model(run_id, str(output))
+    found = {"mlflow_run_id": run_id}
+    if register:
+        found["registered"] = tracked.register(run_id, register)
+        log.info("registered %s", found["registered"])
+    return found

@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from sam import checkpoint
 from sam.config import Config
+from sam.console import ProgressSettings
 from sam.distill import prepare
 from sam.storage import filesystem as uri_filesystem, join, redact, resolve
 from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, make_trainer
@@ -76,7 +77,7 @@ def fitted_space(space: dict, base: Config, fixed: tuple[str, ...]) -> dict:
     return space
 
 
-def run_trial(sampled: dict, base: dict, fixed: list[str], experiment: str) -> None:
+def run_trial(sampled: dict, base: dict, fixed: list[str], experiment: str, progress: ProgressSettings) -> None:
     """The function trainable: it only drives one Ray Train run, whose workers hold the compute. The callback
     relays every epoch's metrics, with its checkpoint's path, to Tune, so ASHA can stop the run between epochs."""
     config = trial_config(Config.from_dict(base), sampled, tuple(fixed))
@@ -86,9 +87,10 @@ def run_trial(sampled: dict, base: dict, fixed: list[str], experiment: str) -> N
         storage_path=join(experiment, "train_runs"),
         checkpoint_config=checkpoint_config(),
         callbacks=[TuneReportCallback()],
+        logging_config=ray.train.LoggingConfig(log_level=progress.train_log_level),
     )
     # Transfer sets live with the search, where every node's trials find them (each is scored once).
-    make_trainer(config, prepare(config, root=experiment), run_config).fit()
+    make_trainer(config, prepare(config, root=experiment), run_config, progress).fit()
 
 
 @dataclass
@@ -126,15 +128,18 @@ def _trainable(experiment: str, spec: SearchSpec):
     # in a placement group of its own. That request is what the autoscaler sees: trials beyond the cluster's
     # room wait for it, or for nodes it adds. Tune needs some resource, so the actor books the memory it holds
     # (the data report, class counts and tokenizer).
-    trainable = tune.with_parameters(run_trial, base=spec.base, fixed=spec.fixed, experiment=experiment)
+    trainable = tune.with_parameters(run_trial, base=spec.base, fixed=spec.fixed, experiment=experiment,
+                                     progress=ProgressSettings.here())
     return tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
 
 
 def run_search(
     base: Config, storage: str, name: str, num_samples: int, grace_period: int = 1, reduction_factor: int = 2,
     max_concurrent: Optional[int] = None, fixed: tuple[str, ...] = (), space: Optional[dict] = None,
+    callbacks: Optional[list] = None,
 ) -> tuple[tune.ResultGrid, SearchSpec]:
-    """A new search of `space` (default: `search_space`, less the `fixed` knobs given by hand) around `base`."""
+    """A new search of `space` (default: `search_space`, less the `fixed` knobs given by hand) around `base`;
+    `callbacks` (Tune's, such as its MLflow logger) are stored with the search and come back on `resume`."""
     experiment = experiment_path(storage, name)
     base = base.with_absolute_paths()
     if space is None:
@@ -156,7 +161,7 @@ def run_search(
             # instance, so the limit (none unless given: trials queue for resources) is given to the searcher.
             search_alg=tune.search.BasicVariantGenerator(random_state=base.train.seed, max_concurrent=max_concurrent or 0),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=resolve(storage)),
+        run_config=tune.RunConfig(name=name, storage_path=resolve(storage), callbacks=callbacks),
     )
     return tuner.fit(), spec
 

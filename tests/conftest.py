@@ -9,6 +9,7 @@ import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download: tokenizers are trained on the fixture corpus
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # Serve's metrics reach the export port within seconds
 
 import pytest
 
@@ -193,3 +194,15 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     """`multinode` tests shut the session's Ray down for a Cluster of their own: they go last (stable sort)."""
     items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """An MLflow tracking store of this test's own (sqlite, artifacts under the test's directory), set as Ray's
+    processes and the `sam` commands find it: MLFLOW_TRACKING_URI."""
+    from sam.tracking import URI_ENV, Tracker
+
+    monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts under ./mlruns
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv(URI_ENV, uri)
+    return Tracker(uri)

@@ -32,7 +32,7 @@ def test_a_scoring_pool_spreads_a_multi_block_source_over_every_actor(ray_sessio
     with scoring_job():
         rows = ray.data.from_items([{"id": str(i), "text": t, "problem": "", "where": ""} for i, t in enumerate(texts)],
                                    override_num_blocks=6)
-        sink = ScoredSink(str(tmp_path / "predictions"), str(tmp_path / "rejects"))
+        sink = ScoredSink("texts", str(tmp_path / "predictions"), str(tmp_path / "rejects"))
         score_rows(rows, tiny_model_dir, actors=2).write_datasink(sink, ray_remote_args={"num_cpus": 0})
     assert len(sink.report.per_actor) == 2 and all(n > 0 for n in sink.report.per_actor.values())
-    assert sink.report.kept == sum(sink.report.per_actor.values()) == len(texts)
+    assert sink.report.rows.kept == sum(sink.report.per_actor.values()) == len(texts)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from sam.predict import ModelDirError, Predictor
 from sam.train import FAULT_STEP_ENV, steps_per_epoch, train
@@ -16,17 +17,22 @@ pytestmark = pytest.mark.reliability
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_session, tweets_dir, tmp_path, monkeypatch):
+def test_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_session, tweets_dir, tmp_path, monkeypatch, tracking):
     config = tiny_config(tweets_dir, num_workers=2, epochs=3, patience=5)
     per_epoch = steps_per_epoch(config, n_train=72)  # 90 fixture rows less the 20 % validation
     monkeypatch.setenv(FAULT_STEP_ENV, str(per_epoch + 2))  # the last worker exits inside epoch 2
-    metrics = train(config, tmp_path / "model", storage=str(tmp_path / "runs"), max_failures=1)
+    metrics = train(config, tmp_path / "model", storage=str(tmp_path / "runs"), max_failures=1, tracked=tracking)
 
     history = metrics["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[0]["restored_from_epoch"] == 0
     assert history[1]["restored_from_epoch"] == 1 and history[2]["restored_from_epoch"] == 1  # restored, not restarted
     Predictor(tmp_path / "model").predict(["back to work"])
+    # The restarted worker continued the same MLflow run: one run, each epoch once.
+    runs = MlflowClient(tracking.uri).search_runs([tracking.experiment_id()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient(tracking.uri).get_metric_history(runs[0].info.run_id, "restored_from_epoch")]
+    assert steps == [1, 2, 3]
 
 
 def test_malformed_rows_are_skipped_and_counted_and_the_rest_trains(ray_session, tmp_path):

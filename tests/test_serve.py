@@ -1,7 +1,10 @@
 """The Serve app over real HTTP: both request forms, batching, validation, info routes, bad model directories."""
 
 import json
+import re
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -14,6 +17,7 @@ from sam.serve import MAX_BODY_BYTES, MAX_TEXTS, ServeArgs, build_app
 from conftest import NEGATIVE, NEUTRAL, POSITIVE
 from tests.conftest import free_port
 
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "sam-serve-dashboard.json"
 TEXTS = [NEGATIVE[0], NEUTRAL[0], POSITIVE[0], "ok", "an unseen tweet with words the model never saw: zyxw"]
 
 
@@ -147,3 +151,51 @@ def test_builder_args(monkeypatch, tmp_path):
     assert args.autoscaling_config == {"min_replicas": 1, "max_replicas": 2}
     with pytest.raises(ValidationError, match="caps every batch"):
         ServeArgs(max_batch_size=64, max_ongoing_requests=8)
+
+
+def dashboard_metrics() -> set[str]:
+    queries = [target["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for target in panel["targets"]]
+    return {name for query in queries for name in re.findall(r"\b(ray_[a-z0-9_]+)\b", query)}
+
+
+def exported_metrics(port: int) -> dict[str, list[str]]:
+    """Metric name -> its sample lines, from a node's Prometheus endpoint."""
+    samples: dict[str, list[str]] = {}
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            samples.setdefault(re.split(r"[{ ]", line, maxsplit=1)[0], []).append(line)
+    return samples
+
+
+def test_every_metric_the_dashboard_queries_is_exported(url):
+    import ray
+
+    for payload in ({"text": POSITIVE[0]}, {"texts": TEXTS}, {"text": ""}):  # error counters start at the first error
+        predict(url, payload)
+    wanted = dashboard_metrics()
+    assert {"ray_sam_predictions_total", "ray_sam_batch_size_bucket", "ray_serve_http_request_latency_ms_bucket"} <= wanted
+    port, deadline = ray.nodes()[0]["MetricsExportPort"], time.time() + 60
+    while True:
+        exported = exported_metrics(port)
+        if wanted <= set(exported) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert wanted <= set(exported), f"the dashboard queries metrics the app does not export: {sorted(wanted - set(exported))}"
+    labels = {re.search(r'label="([^"]+)"', line)[1] for line in exported["ray_sam_predictions_total"]}
+    assert labels and labels <= set(LABELS)
+
+
+def test_a_registered_model_serves_from_its_alias(url, tiny_model_dir, tracking):
+    from mlflow import MlflowClient
+    from ray import serve
+
+    run_id = tracking.start("served", {}, {})
+    tracking.log_model(run_id, str(tiny_model_dir))
+    version = tracking.register(run_id, "served").rsplit("/", 1)[1]
+    MlflowClient(tracking.uri).set_registered_model_alias("served", "production", version)
+    serve.run(build_app(ServeArgs(model_dir="models:/served@production")), name="registered", route_prefix="/registered")
+    try:
+        answer = requests.post(f"{url}/registered/predict", json={"text": POSITIVE[0]}, timeout=60)
+        assert answer.status_code == 200 and answer.json() == predict(url, {"text": POSITIVE[0]}).json()
+    finally:
+        serve.delete("registered")

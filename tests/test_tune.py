@@ -82,11 +82,13 @@ def test_search_flags_reach_the_trials_config():
     assert search_config(build_parser().parse_args(["tune"])) == Config()
 
 
-def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_groups, many_tweets, tmp_path, monkeypatch):
+def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_groups, many_tweets, tmp_path, monkeypatch, tracking):
+    from mlflow import MlflowClient
     from ray import tune
     from transformers import AutoModelForSequenceClassification
 
     from sam.predict import Predictor
+    from sam.tracking import DECISION_TAG, record_decisions, trial_logger
     from sam.tune import export_best, is_complete, run_search, summarize
 
     # The data given relative to the caller's directory, as users type it: trials run in directories of their own.
@@ -96,9 +98,11 @@ def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_grou
     # and the others fall below it, whatever the timing (grace 1, reduction factor 2, max 3 epochs).
     results, spec = run_search(base, str(tmp_path / "storage"), "tiny", num_samples=1, grace_period=1,
                                reduction_factor=2, max_concurrent=1,
-                               space={"lr": tune.grid_search([3e-3, 1e-7, 1e-7])})
+                               space={"lr": tune.grid_search([3e-3, 1e-7, 1e-7])},
+                               callbacks=[trial_logger(tracking, parent := tracking.start("tiny", {}, {}))])
     assert is_complete(results, spec)
     rows = summarize(results, spec)
+    record_decisions(tracking, parent, rows)
     export = tmp_path / "best"
     metrics = export_best(rows, export, str(tmp_path / "storage"), "tiny")
 
@@ -117,6 +121,19 @@ def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_grou
     predictions = Predictor(export).predict(["I love this", "I hate this"])
     assert {p["sentiment"] for p in predictions} <= {"Negative", "Neutral", "Positive"}
     assert list((tmp_path / "storage" / "tiny").glob("run_trial_*/events.out.tfevents.*"))  # TensorBoard logs
+
+    # MLflow: the search's run has a child run per trial, its knobs, every epoch, and how it ended.
+    client = MlflowClient(tracking.uri)
+    children = client.search_runs([tracking.experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    by_trial = {next(row for row in saved if run.data.tags["trial_name"].endswith(row["trial_id"]))["trial_id"]: run for run in children}
+    assert len(children) == 3 and len(by_trial) == 3
+    for row in saved:
+        run = by_trial[row["trial_id"]]
+        assert float(run.data.params["lr"]) == row["config"]["lr"]
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == row["epochs"]
+        ended = "stopped by ASHA" if row["stopped_by"] == "asha" else "finished"
+        assert run.data.tags[DECISION_TAG] == f"{ended} at epoch {row['epochs']}"
+    assert [a.path for a in client.list_artifacts(parent, "leaderboard")] == ["leaderboard/leaderboard.json"]
 
 
 def _finished_trials(experiment: Path) -> dict[str, int]:

@@ -1,0 +1,169 @@
+"""What a person sees while a command runs: SAM's own lines, a progress bar per epoch on a terminal (plain lines
+at a steady rate otherwise), and Ray's internal chatter kept in Ray's log files unless `--verbose`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+log = logging.getLogger("sam")
+
+# Loggers whose INFO and WARNING lines are a library's internals, not the user's business by default.
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow", "alembic", "filelock", "urllib3")
+# Ray Data's own progress: bars on a terminal, else a line every 10 s (RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL).
+DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+PLAIN_INTERVAL_ENV = "SAM_PROGRESS_INTERVAL_S"
+# Set on the driver, which owns the terminal, and passed to every Ray process of the job, on every node.
+CONSOLE_ENV, VERBOSE_ENV = "SAM_CONSOLE", "SAM_VERBOSE"
+# Ray Train's print patch logs tqdm_ray's state lines, newline and all: a blank line under every bar update.
+PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+PASSED_ENV = ("MLFLOW_TRACKING_URI", CONSOLE_ENV, VERBOSE_ENV, PLAIN_INTERVAL_ENV)
+DEFAULT_PLAIN_INTERVAL_S = 10.0
+
+
+def on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+@dataclass(frozen=True)
+class ProgressSettings:
+    """What the driver's console wants, for the workers that draw progress."""
+
+    interactive: bool  # a bar; else a plain line every `interval_s`
+    interval_s: float
+    verbose: bool
+
+    @classmethod
+    def here(cls) -> "ProgressSettings":
+        """As `configure` set them on the driver (and Ray passed them on), else from this process's own stderr."""
+        console = os.environ.get(CONSOLE_ENV)
+        return cls(interactive=console == "terminal" if console else on_terminal(),
+                   interval_s=float(os.environ.get(PLAIN_INTERVAL_ENV, DEFAULT_PLAIN_INTERVAL_S)),
+                   verbose=os.environ.get(VERBOSE_ENV) == "1")
+
+    @property
+    def train_log_level(self) -> str:
+        """For Ray Train's `LoggingConfig`: its INFO lines (resources, process groups, each checkpoint) only when verbose."""
+        return "INFO" if self.verbose else "WARNING"
+
+
+def _quiet_libraries() -> None:
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # save_pretrained's "Writing model shards" bar per checkpoint
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def quiet_worker() -> None:
+    """Ray's `worker_process_setup_hook`: in every Ray worker of the job, only errors from the libraries."""
+    import ray
+
+    _quiet_libraries()
+    # Ray Train logs each report (metrics and checkpoint path) at INFO on a logger named after its file.
+    logging.getLogger(os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")).setLevel(logging.WARNING)
+
+
+def configure(verbose: bool) -> None:
+    """The driver's console: SAM's INFO lines always; library lines only with `verbose`; no colour codes in
+    Ray's worker-line prefixes when the output is not a terminal (CI, `| tee`)."""
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    os.environ[CONSOLE_ENV] = "terminal" if on_terminal() else "plain"
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    os.environ.setdefault(PRINT_PATCH_ENV, "0")  # read where a trainer is made, and passed to its workers
+    if not on_terminal():  # read when Ray is imported, which comes later
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # its "[repeated Nx across cluster]" suffix is coloured
+    if not verbose:
+        _quiet_libraries()
+
+
+def ray_init_options(verbose: bool) -> dict:
+    """`ray.init` options for a command: worker lines reach the driver (SAM's progress comes from its workers),
+    and without `verbose` every worker runs `quiet_worker` first."""
+    passed = {name: os.environ[name] for name in PASSED_ENV if name in os.environ} | {PRINT_PATCH_ENV: "0"}
+    if verbose:
+        return {"log_to_driver": True, "runtime_env": {"env_vars": passed}}
+    return {"log_to_driver": True, "logging_level": logging.ERROR,
+            "runtime_env": {"worker_process_setup_hook": "sam.console.quiet_worker",
+                            "env_vars": {**passed, "RAY_DATA_LOG_LEVEL": "ERROR",
+                                         "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}}}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class EpochProgress:
+    """One epoch as rank 0 sees it: on a terminal, a bar (Ray's `tqdm_ray`, drawn by the driver) with steps done of
+    total, loss, samples/s and time left; elsewhere the same figures as a plain line every `interval_s`."""
+
+    DESCRIPTION_EVERY_S = 1.0  # the loss is read back from the device at most this often
+
+    def __init__(self, epoch: int, epochs: int, total_steps: int, settings: ProgressSettings):
+        self.epoch, self.epochs, self.total, self.settings = epoch, epochs, total_steps, settings
+        self.started = self.last_shown = time.perf_counter()
+        self.bar = None
+        if settings.interactive:
+            from ray.experimental import tqdm_ray
+
+            self.bar = tqdm_ray.tqdm(total=total_steps, desc=f"epoch {epoch}/{epochs}", unit="step")
+
+    def update(self, steps: int, samples: int, loss) -> None:
+        """After each step; `loss` is a callable, called only when the figures are shown."""
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(1)
+        due = now - self.last_shown >= (self.DESCRIPTION_EVERY_S if self.bar is not None else self.settings.interval_s)
+        if not due:
+            return
+        self.last_shown, rate = now, samples / max(now - self.started, 1e-9)
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {self.epoch}/{self.epochs} loss {loss():.4f} {rate:,.0f} samples/s")
+        else:
+            left = (self.total - steps) * (now - self.started) / max(steps, 1)
+            log.info("epoch %d/%d: step %d/%d (%d%%), loss %.4f, %.0f samples/s, %s left", self.epoch, self.epochs,
+                     steps, self.total, 100 * steps // max(self.total, 1), loss(), rate, _duration(left))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+_showing_data_progress = False
+
+
+def set_data_progress(context) -> None:
+    """Ray Data's progress for a dataset about to be built: shown inside `data_progress`, else off (in training,
+    a bar per epoch per worker drowns the log)."""
+    context.enable_progress_bars = _showing_data_progress
+
+
+@contextmanager
+def data_progress() -> Iterator[None]:
+    """Ray Data's progress for the datasets built inside: the long batch jobs (`sam predict --data`, `sam evaluate`)."""
+    global _showing_data_progress
+    logger = logging.getLogger(DATA_PROGRESS_LOGGER)
+    saved = _showing_data_progress, logger.level
+    _showing_data_progress = True
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        _showing_data_progress = saved[0]
+        logger.setLevel(saved[1])
