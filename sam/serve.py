@@ -11,6 +11,7 @@ import logging
 import os
 import re
 from collections import deque
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import click
@@ -19,7 +20,7 @@ import torch
 from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag, create_model, field_validator,
                       model_validator)
 from ray import serve
@@ -39,6 +40,7 @@ MAX_TEXTS = 256  # per request: a bigger list is a bulk job, not a request
 MAX_BODY_BYTES = 1 << 20  # 256 texts of ordinary tweets fit with room to spare
 MAX_HEADER_BYTES = 16 << 10  # as h11 and Node: the proxy (uvicorn with httptools) has no limit of its own
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+PAGE = Path(__file__).with_name("page.html").read_text()  # the page at GET /: one file, no CDN, works offline
 
 
 # What `str.strip` removes (every code point `str.isspace` calls whitespace), spelled out: JSON Schema patterns
@@ -148,13 +150,21 @@ class ValidationDetail(BaseModel):
     detail: list[ValidationIssue]
 
 
-class ServeArgs(BaseModel):
-    """Application builder arguments: from `serve run serve_app:app key=value ...` or a config's `args:`."""
+class BatchSettings(BaseModel):
+    """The knobs a running replica retunes without a restart (its `user_config`), checked the same way at build
+    time (`ServeArgs`) and in `reconfigure`; a knob left out keeps its default."""
 
     model_config = ConfigDict(extra="forbid")
-    model_dir: str = Field(default_factory=lambda: os.environ.get("SAM_MODEL_DIR", DEFAULT_MODEL_DIR))
     max_batch_size: int = Field(32, ge=1, le=MAX_TEXTS)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
+class ServeArgs(BatchSettings):
+    """The one Serve config: what `serve run serve_app:app key=value ...` takes and what a config file's `args:`
+    holds (serve_config.yaml, the RayService's serveConfigV2). A bad value fails `build_app` with its message,
+    once, at deploy."""
+
+    model_dir: str = Field(default_factory=lambda: os.environ.get("SAM_MODEL_DIR", DEFAULT_MODEL_DIR))
     # Serve's default (5) would silently cap every batch at 5. Default: 4 batches, so requests queue in the
     # replica's batcher rather than in the proxy's retry backoff (which collapsed throughput in the benchmark).
     max_ongoing_requests: Optional[int] = Field(None, ge=1)
@@ -272,7 +282,7 @@ class SentimentDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         """Batch knobs live in user_config so `serve deploy` can retune them without restarting replicas."""
-        self.batching = {"max_batch_size": int(user_config["max_batch_size"]), "batch_wait_timeout_s": float(user_config["batch_wait_timeout_s"])}
+        self.batching = BatchSettings.model_validate(user_config).model_dump()
         self.predict_one.set_max_batch_size(self.batching["max_batch_size"])
         self.predict_one.set_batch_wait_timeout_s(self.batching["batch_wait_timeout_s"])
 
@@ -300,6 +310,10 @@ class SentimentDeployment:
         if isinstance(request, SingleRequest):
             return await self.predict_one(request.text)
         return {"predictions": list(await asyncio.gather(*(self.predict_one(t) for t in request.texts)))}
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(self) -> str:
+        return PAGE
 
     @api.get("/healthz", response_model=Health)
     def healthz(self) -> dict:
@@ -341,6 +355,6 @@ def build_app(args: ServeArgs) -> Application:
     return SentimentDeployment.options(
         max_ongoing_requests=args.max_ongoing_requests,
         ray_actor_options=actor_options,
-        user_config={"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s},
+        user_config=args.model_dump(include=set(BatchSettings.model_fields)),
         **scaling,
     ).bind(model_dir, args.quantize)  # each replica's node fetches a URI into its own cache

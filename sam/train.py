@@ -197,7 +197,8 @@ def scaling_config(scale: ScaleConfig) -> ScalingConfig:
                          placement_strategy=scale.placement_strategy)
 
 
-def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, progress: ProgressSettings) -> TorchTrainer:
+def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, progress: ProgressSettings | None = None) -> TorchTrainer:
+    """`progress`: how rank 0 shows each epoch (default: as this process's console wants it)."""
     return TorchTrainer(
         train_func,
         train_loop_config={
@@ -206,7 +207,7 @@ def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, prog
             "class_weights": data.class_weights,
             "steps_per_epoch": steps_per_epoch(config, data.n_train),
             "fault": _fault_plan(),
-            "progress": progress,
+            "progress": progress or ProgressSettings.here(),
         },
         torch_config=TorchConfig(backend=config.scale.torch_backend),
         scaling_config=scaling_config(config.scale),

@@ -199,3 +199,58 @@ def test_a_registered_model_serves_from_its_alias(url, tiny_model_dir, tracking)
         assert answer.status_code == 200 and answer.json() == predict(url, {"text": POSITIVE[0]}).json()
     finally:
         serve.delete("registered")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium with its driver, from Debian's packages (`.ci/run` installs them)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.binary_location = "/usr/bin/chromium"
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_is_one_html_file_outside_the_api(url):
+    page = requests.get(f"{url}/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<script src" not in page.text and "http" not in page.text.split("<script>")[1]  # nothing fetched from elsewhere
+    assert "/" not in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]  # the API is unchanged
+
+
+def test_the_page_answers_in_a_real_browser(url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def results(count: int) -> list:
+        WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == count)
+        return browser.find_elements(By.CSS_SELECTOR, "#results .result")
+
+    browser.get(f"{url}/")
+    box = browser.find_element(By.ID, "text")
+    box.send_keys(POSITIVE[0])
+    browser.find_element(By.ID, "one").click()
+    [card] = results(1)
+    expected = predict(url, {"text": POSITIVE[0]}).json()
+    assert card.find_element(By.CLASS_NAME, "label").text == expected["sentiment"]
+    assert f"{100 * expected['confidence']:.1f} % confident" in card.text
+    assert [bar.text.split("\n")[0] for bar in card.find_elements(By.CLASS_NAME, "bar")] == list(LABELS)
+
+    box.clear()
+    box.send_keys("\n".join(TEXTS[:3]))
+    browser.find_element(By.ID, "lines").click()
+    cards = results(3)
+    expected = predict(url, {"texts": TEXTS[:3]}).json()["predictions"]
+    assert [c.find_element(By.CLASS_NAME, "label").text for c in cards] == [p["sentiment"] for p in expected]
+
+    box.clear()
+    box.send_keys("   ")
+    browser.find_element(By.ID, "one").click()
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "error").text)
+    assert browser.find_element(By.ID, "error").text == "text: text is blank"  # the API's 422, in words
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results .result")
