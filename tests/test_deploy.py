@@ -83,3 +83,10 @@ def test_the_rayjob_runs_a_search_the_cli_accepts():
     args = build_parser().parse_args(["tune", *command[2:]])
     assert args.storage.startswith("s3://") and args.output.startswith("s3://")  # every node reaches them
     yaml.safe_load(load("rayjob.yaml")["spec"]["runtimeEnvYAML"])
+
+
+def test_the_dockerfile_passes_hadolint():
+    import subprocess
+
+    linted = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert linted.returncode == 0, linted.stdout + linted.stderr

@@ -84,3 +84,11 @@ def test_a_bad_value_fails_the_deploy_with_its_message(dashboard, tiny_model_dir
     assert app["status"] == "DEPLOY_FAILED"
     assert next(iter(args)) in app["message"]  # the knob is named
     assert not app.get("deployments")  # no replica was ever started, so none is retried
+
+
+def test_a_bad_user_config_override_names_the_knob(dashboard, tiny_model_dir, tmp_path):
+    deploy(dashboard, tmp_path, tiny_model_dir, deployments=[{"name": "Sentiment", "user_config": {"max_batch_size": "many"}}])
+    app = application(dashboard, lambda a: a.get("status") == "DEPLOY_FAILED")
+    assert app["status"] == "DEPLOY_FAILED"
+    message = app["deployments"]["Sentiment"]["message"]
+    assert "max_batch_size" in message and "valid integer" in message
