@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAM = [sys.executable, "-m", "sam.cli"]
+SAM_WITH_FAULT = [sys.executable, "-m", "tests.faults"]  # then the step to fail at, then `sam`'s arguments
 TRIALS = 4
 SEARCH = ["--num-samples", str(TRIALS), "--epochs", "2", "--limit-train", "8000", "--grace-period", "1"]
 GPU_SHARES = ("1", "0.5", "0.25")
@@ -43,9 +44,8 @@ def plan(out: Path, data: str) -> list[Step]:
         Step("train_fp32", [*train, "--bf16", "false", "--output", str(out / "model_fp32")]),
         Step("train_bf16", [*train, "--bf16", "true", "--output", str(out / "model_bf16")]),
         # The last worker exits early in epoch 2: the run must resume from epoch 1's checkpoint on CUDA.
-        Step("two_workers_one_gpu", [*train, "--num-workers", "2", "--gpus-per-worker", "0.5", "--epochs", "2",
-                                     "--limit-train", "8000", "--output", str(out / "model_2w")],
-             env={"SAM_FAULT_AT_STEP": "70"}),
+        Step("two_workers_one_gpu", [*SAM_WITH_FAULT, "70", *train[len(SAM):], "--num-workers", "2", "--gpus-per-worker", "0.5",
+                                     "--epochs", "2", "--limit-train", "8000", "--output", str(out / "model_2w")]),
     ]
     steps += [Step(f"search_{share}_gpu", [*SAM, "tune", "--data", data, *SEARCH, "--gpus-per-trial", share,
                                           "--storage", str(out / "search"), "--name", f"share_{share}",
@@ -65,6 +65,8 @@ def check_parses(steps: list[Step]) -> None:
     for step in steps:
         if step.command[:3] == SAM:
             parser.parse_args(step.command[3:])
+        elif step.command[:3] == SAM_WITH_FAULT:
+            parser.parse_args(step.command[4:])
 
 
 def run(step: Step, out: Path) -> dict:

@@ -4,7 +4,7 @@ plain PyTorch loop over the same `Learner`, rows, tokenizer and thread count, ru
     python bench/train_bench.py --data ../shared/data/tweet_sentiment_extraction --limit-train 8000 [--rounds 5]
 
 Each round trains one epoch each way: Ray Train through `sam.train.train` (the epoch's samples/s, the training
-loop's own clock, as the run reports it), the plain loop through `Learner.train_epoch` on batches made by the
+loop's own clock, as the run reports it), the plain loop calling the same `train_step` on batches made by the
 same `training_batches`. The Ray side tokenizes as it streams (Ray Data), the plain side tokenizes everything
 first, inside its clock. Judge the median ratio Ray / plain over the rounds. A table, then JSON on the last line.
 """
@@ -24,10 +24,10 @@ from sam.batching import training_batches
 from sam.config import Config
 from sam.data import class_weights, train_and_validation
 from sam.encoding import encode_column
-from sam.learner import Learner
+from sam.learner import EpochStats, Learner
 from sam.models import build_model
 from sam.tokenizer import tokenizer_for
-from sam.train import steps_per_epoch, train
+from sam.train import steps_per_epoch, train, train_step
 from steal import cpu_times, steal_percent
 
 
@@ -44,7 +44,10 @@ def plain_samples_per_s(config: Config, texts: list[str], labels, tokenizer) -> 
                    for start in range(0, len(texts), window))
         yield from training_batches(windows, config.train.batch_size, tokenizer.pad_token_id, config.train.seed)
 
-    return learner.train_epoch(batches()).samples_per_s
+    stats = EpochStats()
+    for batch in stats.timed(batches()):
+        stats.add(train_step(learner, batch), len(batch["labels"]))
+    return stats.samples_per_s
 
 
 def main() -> None:

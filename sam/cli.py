@@ -89,9 +89,8 @@ def search_config(args: argparse.Namespace) -> Config:
 def cmd_tune(args: argparse.Namespace) -> int:
     from sam.checkpoint import check_output
     from sam.distill import check_teacher_split
-    from sam.train import check_run_name, new_run_name
     from sam.tracking import flat_params, record_decisions, run_tags, trial_logger
-    from sam.train import finish_tracking
+    from sam.train import check_run_name, finish_tracking, new_run_name
     from sam.tune import experiment_path, export_best, format_leaderboard, is_complete, resume_search, run_search, summarize
 
     started = time.perf_counter()
@@ -179,7 +178,10 @@ def track_evaluation(tracked, args: argparse.Namespace, results: dict) -> str:
         tracked.log_metrics(run_id, {f"{args.split}_accuracy": results["accuracy"], f"{args.split}_macro_f1": results["macro_f1"],
                                      f"{args.split}_n": results["n"], **per_class})
         with tempfile.TemporaryDirectory() as directory:
-            plot_confusion(results, f"{directory}/confusion_matrix.png")
+            if args.plot:  # the picture already drawn, under its own name
+                tracked.client.log_artifact(run_id, args.plot)
+            else:
+                plot_confusion(results, f"{directory}/confusion_matrix.png")
             with open(f"{directory}/results.json", "w") as file:
                 json.dump(results, file, indent=2)
             tracked.client.log_artifacts(run_id, directory)

@@ -115,17 +115,20 @@ class EpochProgress:
 
     DESCRIPTION_EVERY_S = 1.0  # the loss is read back from the device at most this often
 
-    def __init__(self, epoch: int, epochs: int, total_steps: int, settings: ProgressSettings):
-        self.epoch, self.epochs, self.total, self.settings = epoch, epochs, total_steps, settings
+    def __init__(self, epoch: int, epochs: int, total_steps: int, settings: ProgressSettings, shown: bool = True):
+        """`shown` False (every rank but 0) makes `update` a no-op."""
+        self.epoch, self.epochs, self.total, self.settings, self.shown = epoch, epochs, total_steps, settings, shown
         self.started = self.last_shown = time.perf_counter()
         self.bar = None
-        if settings.interactive:
+        if shown and settings.interactive:
             from ray.experimental import tqdm_ray
 
             self.bar = tqdm_ray.tqdm(total=total_steps, desc=f"epoch {epoch}/{epochs}", unit="step")
 
     def update(self, steps: int, samples: int, loss) -> None:
         """After each step; `loss` is a callable, called only when the figures are shown."""
+        if not self.shown:
+            return
         now = time.perf_counter()
         if self.bar is not None:
             self.bar.update(1)
@@ -140,7 +143,10 @@ class EpochProgress:
             log.info("epoch %d/%d: step %d/%d (%d%%), loss %.4f, %.0f samples/s, %s left", self.epoch, self.epochs,
                      steps, self.total, 100 * steps // max(self.total, 1), loss(), rate, _duration(left))
 
-    def close(self) -> None:
+    def __enter__(self) -> "EpochProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.close()
 

@@ -1,12 +1,12 @@
-"""The training loop in plain PyTorch, no Ray: optimiser, schedule, loss, weight average, one epoch, evaluation.
-Ray Train's workers and the plain-loop benchmark run the same `Learner`."""
+"""What a training step uses, in plain PyTorch with no Ray: optimiser, schedule, loss, weight average, and the
+tallies of an epoch and of an evaluation. `sam.train`'s `train_step` and `eval_step` use them."""
 
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 from transformers import get_linear_schedule_with_warmup
@@ -117,6 +117,23 @@ class EpochStats:
     seconds: float = 0.0
     data_wait_s: float = 0.0  # the loop sat waiting for its next batch: input-bound when this is large
 
+    def timed(self, batches: Iterable[dict]) -> Iterator[dict]:
+        """`batches`, with the wait for each added to `data_wait_s` and the whole pass to `seconds`."""
+        started, batches = time.perf_counter(), iter(batches)
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            self.data_wait_s += time.perf_counter() - waited
+            if batch is None:
+                break
+            yield batch
+        self.seconds += time.perf_counter() - started
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.steps += 1
+        self.samples += samples
+        self.loss_sum += loss * samples
+
     @property
     def loss(self) -> float:
         return float(self.loss_sum) / max(self.samples, 1)
@@ -127,8 +144,8 @@ class EpochStats:
 
 
 class Learner:
-    """One model's optimiser, schedule, loss and weight average, and the loops over its batches. `model` may be
-    wrapped for DDP; what is evaluated and saved is the plain module or its weight average."""
+    """What training updates: the model (perhaps wrapped for DDP), its optimiser, schedule, loss and weight
+    average. What is evaluated and saved is the plain module or its weight average."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, class_weights: list[float] | None,
                  device: torch.device, bf16: bool = False, distill: Optional[DistillConfig] = None):
@@ -136,7 +153,7 @@ class Learner:
         self.module = model.module if hasattr(model, "module") else model
         self.optimizer = make_optimizer(model, config)
         self.scheduler = make_scheduler(self.optimizer, config, total_steps)
-        self.loss_fn = make_loss(config, class_weights, device)
+        self.hard_loss = make_loss(config, class_weights, device)
         self.averaged = make_averaged(self.module, config.ema_decay)
 
     @property
@@ -147,52 +164,12 @@ class Learner:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimiser step on one padded batch, then the weight average's update; returns the batch loss, on
-        the device (no sync)."""
-        self.model.train()
-        with autocast(self.device, self.bf16):
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The gold labels' loss, or distillation's when the batch carries a teacher's logits."""
         if "teacher_logits" in batch:
-            loss = distillation_loss(logits.float(), batch["teacher_logits"], batch["labels"], self.loss_fn,
+            return distillation_loss(logits, batch["teacher_logits"], batch["labels"], self.hard_loss,
                                      self.distill.alpha, self.distill.temperature)
-        else:
-            loss = self.loss_fn(logits.float(), batch["labels"])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.averaged is not None:
-            self.averaged.update_parameters(self.module)
-        return loss.detach()
-
-    def train_epoch(self, batches: Iterable[dict], after_step: Optional[Callable[[EpochStats], None]] = None) -> EpochStats:
-        stats, started, batches = EpochStats(), time.perf_counter(), iter(batches)
-        while True:
-            waited = time.perf_counter()
-            batch = next(batches, None)
-            stats.data_wait_s += time.perf_counter() - waited
-            if batch is None:
-                break
-            loss = self.step(to_device(batch, self.device))
-            stats.steps += 1
-            stats.samples += len(batch["labels"])
-            stats.loss_sum += loss * len(batch["labels"])
-            if after_step is not None:
-                after_step(stats)
-        stats.seconds = time.perf_counter() - started
-        return stats
-
-    @torch.inference_mode()
-    def evaluate(self, batches: Iterable[dict]) -> Predictions:
-        model, predictions = self.evaluated.eval(), Predictions()
-        for batch in batches:
-            batch = to_device(batch, self.device)
-            with autocast(self.device, self.bf16):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            predictions.add(logits, batch["labels"])
-        return predictions
+        return self.hard_loss(logits, batch["labels"])
 
     def state_dict(self) -> dict:
         """What resuming needs beyond the evaluated weights: optimiser and schedule, and, with a weight average,

@@ -31,8 +31,8 @@ from sam import LABELS
 from sam.config import DEFAULT_MODEL_DIR
 from sam.encoding import MAX_TEXT_CHARS
 from sam.predict import ModelDirError, Predictor, check_model_dir
-from sam.storage import model_location
-from sam.tracking import URI_ENV, is_model_uri, tracking_uri
+from sam.storage import is_model_uri, model_location
+from sam.tracking import URI_ENV, tracking_uri
 
 log = logging.getLogger("ray.serve")
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pyarrow.fs
 from filelock import FileLock
@@ -28,6 +29,11 @@ class StorageError(ValueError):
 
 def is_uri(path: str | Path) -> bool:
     return bool(SCHEME.match(str(path)))
+
+
+def is_model_uri(path: str | Path) -> bool:
+    """A registered model: `models:/NAME/VERSION` or `models:/NAME@ALIAS`."""
+    return str(path).startswith("models:/")
 
 
 def redact(path: str | Path) -> str:
@@ -122,7 +128,7 @@ def local_model_dir(path: str | Path) -> Path:
     """A model directory to load from: a local one as it is; one on object storage fetched into this node's
     cache, once for each version (its files' names, sizes and modification times), reused afterwards; a registered
     model (`models:/NAME/VERSION`, `models:/NAME@ALIAS`) from where MLflow keeps that version's files."""
-    if str(path).startswith("models:/"):
+    if is_model_uri(path):
         return _registered_model_dir(str(path))
     if not is_uri(path):
         return Path(path).expanduser()
@@ -133,19 +139,30 @@ def local_model_dir(path: str | Path) -> Path:
     version = hashlib.sha256(repr([(f.path, f.size, f.mtime_ns) for f in files]).encode()).hexdigest()[:16]
     where = hashlib.sha256(redact(resolve(path)).encode()).hexdigest()[:12]
     cached = cache_root() / f"{inner.rstrip('/').rsplit('/', 1)[-1]}-{where}-{version}"
+
+    def fetch(staging: Path) -> Path:
+        local_fs = pyarrow.fs.LocalFileSystem()
+        for file in files:
+            target = staging / file.path[len(inner.rstrip("/")) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pyarrow.fs.copy_files(file.path, str(target), source_filesystem=fs, destination_filesystem=local_fs)
+        return staging
+
+    return _fill_once(cached, fetch)
+
+
+def _fill_once(cached: Path, fill: Callable[[Path], Path]) -> Path:
+    """`cached`, filled by `fill` (given an empty staging directory, it returns the directory to keep) unless
+    it is there already; replicas and actors on one node fill it once between them, and a failed fill leaves
+    nothing behind."""
     if cached.is_dir():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{cached}.lock"):  # replicas and actors on one node fetch it once between them
+    with FileLock(f"{cached}.lock"):
         if not cached.is_dir():
             staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
             try:
-                local_fs = pyarrow.fs.LocalFileSystem()
-                for file in files:
-                    target = staging / file.path[len(inner.rstrip("/")) + 1:]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    pyarrow.fs.copy_files(file.path, str(target), source_filesystem=fs, destination_filesystem=local_fs)
-                staging.rename(cached)
+                fill(staging).rename(cached)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     return cached
@@ -154,7 +171,7 @@ def local_model_dir(path: str | Path) -> Path:
 def model_location(path: str | Path) -> str:
     """A model directory as every Ray process of a job finds it: a URI as given, a local path made absolute, a
     registered model pinned to the version it names now (an alias moved mid-job changes nothing)."""
-    if str(path).startswith("models:/"):
+    if is_model_uri(path):
         from sam.tracking import pinned
 
         return pinned(str(path))
@@ -174,12 +191,4 @@ def _registered_model_dir(uri: str) -> Path:
     if readable_here(source):
         return local_model_dir(source)
     cached = cache_root() / f"mlflow-{hashlib.sha256(source.encode()).hexdigest()[:16]}"
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{cached}.lock"):
-        if not cached.is_dir():
-            staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
-            try:
-                download_model(source, staging).rename(cached)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return cached
+    return _fill_once(cached, lambda staging: download_model(source, staging))

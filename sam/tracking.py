@@ -14,6 +14,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -33,10 +34,6 @@ MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alia
 
 class TrackingError(StorageError):
     """Tracking asked for and not possible (MLflow missing, a model name not registered): one line saying why."""
-
-
-def is_model_uri(path) -> bool:
-    return str(path).startswith("models:/")
 
 
 def tracking_uri(given: Optional[str] = None) -> Optional[str]:
@@ -99,7 +96,7 @@ class Tracker:
     uri: str
     experiment: str = DEFAULT_EXPERIMENT
 
-    @property
+    @cached_property
     def client(self):
         return client(self.uri)
 
@@ -171,8 +168,9 @@ def tracker(uri: Optional[str], experiment: str = DEFAULT_EXPERIMENT) -> Optiona
     uri = tracking_uri(uri)
     if not uri:
         return None
-    client(uri)  # MLflow is installed
-    return Tracker(uri, experiment)
+    tracked = Tracker(uri, experiment)
+    tracked.client  # MLflow is installed
+    return tracked
 
 
 class EpochLogger(ray.train.UserCallback):
@@ -183,8 +181,12 @@ class EpochLogger(ray.train.UserCallback):
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id, self.logged = uri, run_id, None
 
+    @cached_property
+    def tracked(self) -> Tracker:  # built on the controller, where the callback runs: an MLflow client does not pickle
+        return Tracker(self.uri)
+
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        tracked = Tracker(self.uri)
+        tracked = self.tracked
         if self.logged is None:
             self.logged = {int(m.step) for m in tracked.client.get_metric_history(self.run_id, "epoch")}
         epoch = int(metrics[0]["epoch"])
@@ -207,7 +209,8 @@ def record_decisions(tracked: Tracker, parent: str, rows: list[dict]) -> None:
     and the leaderboard on the parent."""
     mlflow_client = tracked.client
     children = mlflow_client.search_runs([tracked.experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
-    by_trial = {run.data.tags.get("trial_name", ""): run.info.run_id for run in children}
+    # Tune names a trial `<trainable>_<trial id>`, and its id is `<search>_<number>`.
+    by_trial = {"_".join(run.data.tags.get("trial_name", "").rsplit("_", 2)[-2:]): run.info.run_id for run in children}
     for row in rows:
         if row["status"] == "ERROR":
             decision = "error"
@@ -215,9 +218,8 @@ def record_decisions(tracked: Tracker, parent: str, rows: list[dict]) -> None:
             decision = f"stopped by {'ASHA' if row['stopped_by'] == 'asha' else 'patience'} at epoch {row['epochs']}"
         else:
             decision = f"finished at epoch {row['epochs']}"
-        for trial_name, run_id in by_trial.items():
-            if trial_name.endswith(row["trial_id"]):
-                mlflow_client.set_tag(run_id, DECISION_TAG, decision)
+        if row["trial_id"] in by_trial:
+            mlflow_client.set_tag(by_trial[row["trial_id"]], DECISION_TAG, decision)
     with tempfile.TemporaryDirectory() as directory:
         Path(directory, "leaderboard.json").write_text(json.dumps(
             [{k: v for k, v in row.items() if k != "curve"} for row in rows], indent=2, default=str) + "\n")

@@ -26,7 +26,7 @@ from sam.batching import collate, epoch_batches
 from sam.console import EpochProgress, ProgressSettings
 from sam.config import CONFIG_FILE, Config, ScaleConfig
 from sam.data import PreparedData, prepare_data
-from sam.learner import EpochStats, Learner, Predictions, warmup_steps
+from sam.learner import EpochStats, Learner, Predictions, autocast, to_device, warmup_steps
 from sam.models import build_model, load_pretrained, summary
 from sam.tracking import EpochLogger, Tracker, flat_params, run_tags
 from sam.storage import exists, is_uri, join, read_text, redact, resolve, write_text
@@ -36,9 +36,6 @@ log = logging.getLogger("sam")
 # Early stopping watches validation loss (it moves before accuracy does); the exported epoch is the one with
 # the best validation accuracy, the figure users judge the model by.
 SELECT_METRIC, SELECT_MODE = "val_accuracy", "max"
-# Fault injection for the reliability tests: the worker of this rank (default: the last) exits at this
-# global step, in a run that did not start from a checkpoint.
-FAULT_STEP_ENV, FAULT_RANK_ENV = "SAM_FAULT_AT_STEP", "SAM_FAULT_RANK"
 VAL_BATCH_SIZE = 256
 DEFAULT_STORAGE = "~/ray_results"  # Ray's own default
 
@@ -63,22 +60,6 @@ def new_progress() -> dict:
             "peak_lr": 0.0, "history": [], "restored_from_epoch": 0}
 
 
-def _fault_plan() -> dict:
-    """Read on the driver, where the tests set it; workers started earlier never see its environment."""
-    return {"at_step": int(os.environ.get(FAULT_STEP_ENV, "0")), "rank": int(os.environ.get(FAULT_RANK_ENV, "-1"))}
-
-
-def _maybe_inject_fault(plan: dict, step: int, restored: bool) -> None:
-    context = ray.train.get_context()
-    fault_rank = plan["rank"] if plan["rank"] >= 0 else context.get_world_size() - 1
-    if plan["at_step"] and step == plan["at_step"] and context.get_world_rank() == fault_rank and not restored:
-        # Like a real crash after the last report has landed: without this wait the controller can see the
-        # death before it registers that checkpoint, and restart from scratch.
-        ray.train.get_all_reported_checkpoints()
-        log.warning("fault injection: worker %d exits at step %d", fault_rank, step)
-        os._exit(1)
-
-
 def worker_device(config: Config) -> torch.device:
     """This worker's device; on CPU, its share of the node's cores as torch threads."""
     device = ray.train.torch.get_device()
@@ -88,7 +69,7 @@ def worker_device(config: Config) -> torch.device:
     return device
 
 
-def build_or_restore(config: Config, loop_config: dict, device: torch.device) -> tuple[Learner, dict, bool]:
+def build_or_restore(config: Config, loop_config: dict, device: torch.device) -> tuple[Learner, dict]:
     """A fresh (or pretrained) model, or the last checkpoint's model and training state after a restart."""
     torch.manual_seed(config.train.seed)
     saved = ray.train.get_checkpoint()
@@ -105,33 +86,40 @@ def build_or_restore(config: Config, loop_config: dict, device: torch.device) ->
                       loop_config["class_weights"], device, config.scale.bf16, config.distill)
     if saved:
         learner.load_state_dict(restored.training_state)
-    return learner, progress, bool(saved)
+    return learner, progress
 
 
-def train_one_epoch(learner: Learner, config: Config, epoch: int, progress: dict, loop_config: dict, restored: bool) -> EpochStats:
-    batches = epoch_batches(ray.train.get_dataset_shard("train"), config.train, epoch, loop_config["tokenizer"].pad_token_id)
-    shown = None
-    if ray.train.get_context().get_world_rank() == 0:
-        shown = EpochProgress(epoch + 1, config.train.epochs, loop_config["steps_per_epoch"], loop_config["progress"])
+def train_step(learner: Learner, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One optimiser step on one padded batch, then the weight average's update; returns the batch loss, on the
+    device (reading it back would make every GPU step wait)."""
+    learner.model.train()
+    with autocast(learner.device, learner.bf16):
+        logits = learner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = learner.loss(logits.float(), batch)
+    learner.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(learner.model.parameters(), learner.config.grad_clip)
+    learner.optimizer.step()
+    learner.scheduler.step()
+    if learner.averaged is not None:
+        learner.averaged.update_parameters(learner.module)
+    return loss.detach()
 
-    def after_step(stats: EpochStats) -> None:
-        progress["step"] += 1
-        progress["peak_lr"] = max(progress["peak_lr"], learner.lr)
-        _maybe_inject_fault(loop_config["fault"], progress["step"], restored)
-        if shown is not None:
-            shown.update(stats.steps, stats.samples, lambda: stats.loss)
 
-    try:
-        return learner.train_epoch(batches, after_step)
-    finally:
-        if shown is not None:
-            shown.close()
+@torch.inference_mode()
+def eval_step(learner: Learner, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The evaluated model's (the weight average's, if any) logits for one padded batch."""
+    model = learner.evaluated.eval()
+    with autocast(learner.device, learner.bf16):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
 def validate(learner: Learner, pad_id: int) -> dict:
     """Every worker scores its shard; the predictions are gathered so each computes the same metrics."""
-    batches = ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=VAL_BATCH_SIZE, collate_fn=PadCollate(pad_id))
-    predictions = learner.evaluate(batches)
+    predictions = Predictions()
+    for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=VAL_BATCH_SIZE, collate_fn=PadCollate(pad_id)):
+        batch = to_device(batch, learner.device)
+        predictions.add(eval_step(learner, batch), batch["labels"])
     world_size = ray.train.get_context().get_world_size()
     if world_size > 1:
         parts = [None] * world_size
@@ -176,14 +164,22 @@ def report(metrics: dict, learner: Learner, tokenizer, config: Config, progress:
 
 
 def train_func(loop_config: dict) -> None:
-    """Runs on every worker: build or restore, then per epoch train, validate, report with a checkpoint."""
+    """Runs on every worker: build or restore, then per epoch train, validate, and report with a checkpoint."""
     config = Config.from_dict(loop_config["config"])
-    tokenizer = loop_config["tokenizer"]
-    learner, progress, restored = build_or_restore(config, loop_config, worker_device(config))
+    tokenizer, per_epoch = loop_config["tokenizer"], loop_config["steps_per_epoch"]
+    learner, progress = build_or_restore(config, loop_config, worker_device(config))
+    rank_0 = ray.train.get_context().get_world_rank() == 0
     for epoch in range(progress["epoch"], config.train.epochs):
-        stats = train_one_epoch(learner, config, epoch, progress, loop_config, restored)
+        batches = epoch_batches(ray.train.get_dataset_shard("train"), config.train, epoch, tokenizer.pad_token_id)
+        stats = EpochStats()
+        with EpochProgress(epoch + 1, config.train.epochs, per_epoch, loop_config["progress"], shown=rank_0) as shown:
+            for batch in stats.timed(batches):
+                stats.add(train_step(learner, to_device(batch, learner.device)), len(batch["labels"]))
+                progress["step"] += 1
+                progress["peak_lr"] = max(progress["peak_lr"], learner.lr)
+                shown.update(stats.steps, stats.samples, lambda: stats.loss)
         metrics = record_epoch(progress, stats, validate(learner, tokenizer.pad_token_id), learner, config)
-        if ray.train.get_context().get_world_rank() == 0:
+        if rank_0:
             log.info("%s", epoch_summary(metrics, config.train.epochs))
         report(metrics, learner, tokenizer, config, progress)
         if metrics["stopping"]:
@@ -206,7 +202,6 @@ def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, prog
             "tokenizer": data.tokenizer,
             "class_weights": data.class_weights,
             "steps_per_epoch": steps_per_epoch(config, data.n_train),
-            "fault": _fault_plan(),
             "progress": progress or ProgressSettings.here(),
         },
         torch_config=TorchConfig(backend=config.scale.torch_backend),

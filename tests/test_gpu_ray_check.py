@@ -15,7 +15,7 @@ def test_dry_run_prints_every_step_and_each_command_parses(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "train_fp32", "train_bf16", "two_workers_one_gpu", "search_1_gpu", "search_0.5_gpu", "search_0.25_gpu", "serving"]
-    assert "--gpus-per-worker 0.5" in lines[2] and "SAM_FAULT_AT_STEP=70" in lines[2]
+    assert "--gpus-per-worker 0.5" in lines[2] and "-m tests.faults 70 train" in lines[2]
     assert "--gpus-per-trial 0.25" in lines[5] and "--device cuda" in lines[6]
 
 

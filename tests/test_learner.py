@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from sam.batching import collate, training_batches
+from sam.batching import collate
 from sam.config import ModelConfig, TrainConfig
 from sam.data import class_weights
 from sam.encoding import encode_column
 from sam.learner import Learner, Predictions, make_averaged, make_optimizer, make_scheduler, to_device
 from sam.models import build_model
 from sam.tokenizer import train_wordpiece
+from sam.train import train_step
 from tests.conftest import tweet_rows
 
 
@@ -58,43 +59,12 @@ def tiny_learner(rows, **train):
     return learner, columns, tokenizer.pad_token_id
 
 
-def test_epochs_reduce_the_loss_and_count_every_sample():
-    rows = tweet_rows()
-    learner, columns, pad_id = tiny_learner(rows, lr=1e-2)
-    window = 32
-    losses = []
-    for epoch in range(10):
-        windows = ({k: v[start : start + window] for k, v in columns.items()} for start in range(0, len(rows), window))
-        stats = learner.train_epoch(training_batches(windows, 16, pad_id, seed=epoch))
-        assert stats.samples == len(rows) and stats.steps == 3  # a window of 32 rows in 2 batches, then 13 rows in 1
-        losses.append(stats.loss)
-    assert losses[-1] < losses[0] * 0.8
-    predictions = learner.evaluate([collate(columns, pad_id)]).metrics()
-    assert predictions["n"] == len(rows) and predictions["accuracy"] > 0.6
-
-
-def test_an_epoch_keeps_its_loss_on_the_device_until_it_is_read():
-    """On a GPU each read of a tensor's value waits for the device: steps hand back their loss as a tensor and the
-    epoch sums it there, so only a log line or the summary reads it."""
-    rows = tweet_rows()
-    learner, columns, pad_id = tiny_learner(rows)
-    windows = ({k: v[start : start + 16] for k, v in columns.items()} for start in range(0, len(rows), 16))
-    losses = []
-    step = learner.step
-    learner.step = lambda batch: losses.append(step(batch)) or losses[-1]
-    stats = learner.train_epoch(training_batches(windows, 8, pad_id, seed=0))
-    assert stats.steps == len(losses) == 6
-    assert all(isinstance(loss, torch.Tensor) and loss.ndim == 0 and not loss.requires_grad for loss in losses)
-    assert isinstance(stats.loss_sum, torch.Tensor)
-    assert stats.loss == pytest.approx(float(stats.loss_sum) / stats.samples)
-
-
 def test_training_state_round_trip_resumes_the_same_run():
     rows = tweet_rows()
     learner, columns, pad_id = tiny_learner(rows, ema_decay=0.9)
     batch = collate(columns, pad_id)
     for _ in range(3):
-        learner.step(batch)
+        train_step(learner, batch)
     state = {k: v for k, v in learner.state_dict().items()}
     resumed, _, _ = tiny_learner(rows, ema_decay=0.9)
     resumed.module.load_state_dict(learner.evaluated.state_dict())  # a checkpoint's model is the averaged weights

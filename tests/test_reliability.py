@@ -10,8 +10,10 @@ import pytest
 from mlflow import MlflowClient
 
 from sam.predict import ModelDirError, Predictor
-from sam.train import FAULT_STEP_ENV, steps_per_epoch, train
+import sam.train
+from sam.train import steps_per_epoch, train
 from tests.conftest import tiny_config, tweet_rows
+from tests.faults import exit_at_step
 
 pytestmark = pytest.mark.reliability
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_session, tweets_dir, tmp_path, monkeypatch, tracking):
     config = tiny_config(tweets_dir, num_workers=2, epochs=3, patience=5)
     per_epoch = steps_per_epoch(config, n_train=72)  # 90 fixture rows less the 20 % validation
-    monkeypatch.setenv(FAULT_STEP_ENV, str(per_epoch + 2))  # the last worker exits inside epoch 2
+    monkeypatch.setattr(sam.train, "train_func", exit_at_step(per_epoch + 2))  # the last worker exits inside epoch 2
     metrics = train(config, tmp_path / "model", storage=str(tmp_path / "runs"), max_failures=1, tracked=tracking)
 
     history = metrics["history"]

@@ -6,13 +6,54 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+import torch
+
+from sam.batching import collate, training_batches
 from sam.config import Config
+from sam.learner import EpochStats, Predictions
 from sam.predict import Predictor
-from sam.train import scaling_config, train
-from tests.conftest import tiny_config
+from sam.train import eval_step, scaling_config, train, train_step
+from tests.conftest import tiny_config, tweet_rows
+from tests.test_learner import tiny_learner
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tweet_sentiment_extraction"
 
+
+
+def plain_epoch(learner, columns, pad_id, window: int, batch_size: int, seed: int, step=train_step) -> EpochStats:
+    """An epoch as the plain-loop benchmark runs one: `train_step` over `training_batches`."""
+    stats = EpochStats()
+    windows = ({k: v[start : start + window] for k, v in columns.items()} for start in range(0, len(columns["labels"]), window))
+    for batch in stats.timed(training_batches(windows, batch_size, pad_id, seed=seed)):
+        stats.add(step(learner, batch), len(batch["labels"]))
+    return stats
+
+
+def test_train_steps_reduce_the_loss_and_eval_steps_score_every_row():
+    rows = tweet_rows()
+    learner, columns, pad_id = tiny_learner(rows, lr=1e-2)
+    losses = []
+    for epoch in range(10):
+        stats = plain_epoch(learner, columns, pad_id, window=32, batch_size=16, seed=epoch)
+        assert stats.samples == len(rows) and stats.steps == 3  # a window of 32 rows in 2 batches, then 13 rows in 1
+        losses.append(stats.loss)
+    assert losses[-1] < losses[0] * 0.8
+    batch, predictions = collate(columns, pad_id), Predictions()
+    predictions.add(eval_step(learner, batch), batch["labels"])
+    assert predictions.metrics()["n"] == len(rows) and predictions.metrics()["accuracy"] > 0.6
+
+
+def test_a_step_keeps_its_loss_on_the_device_until_it_is_read():
+    """On a GPU each read of a tensor's value waits for the device: steps hand back their loss as a tensor and the
+    epoch sums it there, so only a log line or the summary reads it."""
+    learner, columns, pad_id = tiny_learner(tweet_rows())
+    losses = []
+    stats = plain_epoch(learner, columns, pad_id, window=16, batch_size=8, seed=0,
+                        step=lambda learner, batch: losses.append(train_step(learner, batch)) or losses[-1])
+    assert stats.steps == len(losses) == 6
+    assert all(isinstance(loss, torch.Tensor) and loss.ndim == 0 and not loss.requires_grad for loss in losses)
+    assert isinstance(stats.loss_sum, torch.Tensor)
+    assert stats.loss == pytest.approx(float(stats.loss_sum) / stats.samples)
 
 def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, tweets_dir, tmp_path):
     output = tmp_path / "model"
