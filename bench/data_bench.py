@@ -4,7 +4,7 @@
 
 Builds N rows by repeating the shared train split into shards of mixed sizes and formats (jsonl, jsonl.gz,
 parquet) in a temporary directory, then runs, each in a fresh driver process so each peak memory is its own:
-  data     `prepare_data` (read, validate, split, tokenizer sample), streamed (`materialize_mb=0`: the path
+  data     `prepare` (read, validate, split, tokenizer sample), streamed (`materialize_mb=0`: the path
            that scales past memory), and one epoch of padded training batches (`epoch_batches`), no model
   scoring  `sam predict --data` on the first --score-rows rows (default: all), one int8 model actor per CPU:
            its wait for the first scored batch, its steady rows/s after it, and rows per actor
@@ -85,13 +85,13 @@ def data_phase(directory: str) -> dict:
 
     from sam.batching import epoch_batches
     from sam.config import Config
-    from sam.data import prepare_data
+    from sam.data import prepare
 
     memory = PeakMemory()
     ray.init(include_dashboard=False, log_to_driver=False)
     config = Config().with_flat(data=directory, materialize_mb=0)
     started = time.perf_counter()
-    data = prepare_data(config)
+    data = prepare(config)
     prepared, prepare_anon_mb = time.perf_counter(), memory.phase_peak_mb()
     rows = sum(len(batch["labels"]) for batch in epoch_batches(data.train, config.train, 0, data.tokenizer.pad_token_id))
     epoch_s = time.perf_counter() - prepared

@@ -2,7 +2,7 @@
 
     python bench/data_tasks.py --rows 300000 --cpus 2 6
 
-Builds N rows as mixed shards (as bench/data_bench.py does), runs `prepare_data` and one pass over the tokenized training split, then reads every task's start and end from
+Builds N rows as mixed shards (as bench/data_bench.py does), runs `prepare` and one pass over the tokenized training split, then reads every task's start and end from
 Ray's state API: per stage, the tasks run and the most at once. A table, then JSON on the last line.
 """
 
@@ -25,10 +25,10 @@ def measure(data: str, cpus: int) -> dict:
     from ray.util.state import list_tasks
 
     from sam.config import Config
-    from sam.data import data_tasks, prepare_data
+    from sam.data import data_tasks, prepare
 
     ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=False)
-    prepared = prepare_data(Config().with_flat(data=data))
+    prepared = prepare(Config().with_flat(data=data))
     for _ in prepared.train.iter_batches(batch_size=4096):
         pass
     spans = defaultdict(list)

@@ -124,7 +124,7 @@ def plain_server(model: str, port: int, threads: int, device: str, quantize: boo
     from fastapi import FastAPI
 
     from sam.predict import Predictor
-    from sam.serve import PredictRequest, SingleRequest
+    from sam.api import PredictRequest, SingleRequest
 
     torch.set_num_threads(threads)
     predictor = Predictor(model, device=device, quantize=quantize)

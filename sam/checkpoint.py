@@ -15,7 +15,7 @@ import ray.train
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from sam import storage
+from sam import SamError, storage
 from sam.config import CONFIG_FILE, Config
 from sam.learner import Learner
 
@@ -62,7 +62,7 @@ def check_output(output: str | Path) -> None:
     other_directory = kind == pyarrow.fs.FileType.Directory and bool(fs.get_file_info(pyarrow.fs.FileSelector(inner))) \
         and not storage.exists(storage.join(output, CONFIG_FILE))
     if kind == pyarrow.fs.FileType.File or other_directory:
-        raise ValueError(f"{storage.redact(output)}: exists and is not a SAM model directory; choose another --output")
+        raise SamError(f"{storage.redact(output)}: exists and is not a SAM model directory; choose another --output")
 
 
 def _write_model_dir(checkpoint: ray.train.Checkpoint, directory: Path, extra_metrics: dict,

@@ -11,8 +11,9 @@ import sys
 import time
 from contextlib import nullcontext
 
+from sam import SamError
 from sam.config import DEFAULT_MODEL_DIR, Config, add_config_arguments, config_from_args
-from sam.storage import StorageError, exists, join, local_model_dir, redact, resolve
+from sam.storage import exists, join, local_model_dir, redact, resolve
 
 log = logging.getLogger("sam")
 
@@ -44,33 +45,21 @@ def _printed(metrics: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`sam train`, and `sam distill`: the same run, on the transfer set a teacher scores first."""
     from sam.checkpoint import check_output
+    from sam.data import prepare
     from sam.train import train
 
     config = config_from_args(args)
+    distilling = args.command == "distill"
+    if distilling and not config.distill.teacher:
+        raise SamError("--teacher is required: the model directory whose scores the student learns from")
+    if distilling and resolve(args.output) == resolve(config.distill.teacher):
+        raise SamError(f"--output {redact(args.output)} is the teacher: the student would replace it")
     check_output(args.output)
     tracked = _tracker(args)
     _init_ray(args)
-    metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures,
-                    resume=args.resume, tracked=tracked, register=args.register)
-    print(_printed(metrics))
-    return 0
-
-
-def cmd_distill(args: argparse.Namespace) -> int:
-    from sam.checkpoint import check_output
-    from sam.distill import prepare
-    from sam.train import train
-
-    config = config_from_args(args)
-    if not config.distill.teacher:
-        raise ValueError("--teacher is required: the model directory whose scores the student learns from")
-    if resolve(args.output) == resolve(config.distill.teacher):
-        raise ValueError(f"--output {redact(args.output)} is the teacher: the student would replace it")
-    check_output(args.output)
-    tracked = _tracker(args)
-    _init_ray(args)
-    data = prepare(config, args.transfer, root=args.storage, **_scoring_args(args))
+    data = prepare(config, args.transfer, args.storage, **_scoring_args(args)) if distilling else prepare(config)
     metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures,
                     data=data, resume=args.resume, tracked=tracked, register=args.register)
     print(_printed(metrics))
@@ -208,7 +197,7 @@ def predict_dataset(args: argparse.Namespace) -> int:
     from sam.predict import Predictor, ScoredSink, score_rows, scoring_job
 
     if not args.output:
-        raise ValueError("--data needs --output, the directory to write the predictions to")
+        raise SamError("--data needs --output, the directory to write the predictions to")
     Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
     _init_ray(args)
     started = time.time()
@@ -293,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scoring_arguments(distill)
     add_config_arguments(distill, sections=("distill", "model", "train", "data", "scale"))
     add_monitoring_arguments(distill, register=True)
-    distill.set_defaults(run=cmd_distill)
+    distill.set_defaults(run=cmd_train)
 
     tune = commands.add_parser(
         "tune", help="ASHA search over Ray Train trials; the best trial's best epoch exported as a model directory",
@@ -354,9 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sam.data import DataError
-    from sam.predict import ModelDirError
-
     from sam.console import configure
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer runs in Ray's processes, not forked ones
@@ -367,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume needs the --name of the run to continue")
     try:
         return args.run(args)
-    except (DataError, ModelDirError, StorageError, ValueError) as error:
+    except SamError as error:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         print(f"sam {args.command}: error: {error}", file=sys.stderr)
         return 2
 

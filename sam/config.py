@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, Literal, Optional, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sam import SamError
 
 CONFIG_FILE = "sam_config.json"
 # Where `sam train` and `sam tune` write a model and `sam evaluate`, `sam predict` and Serve read it.
 DEFAULT_MODEL_DIR = "models/latest"
-POOLINGS = ("cls", "mean")
-BACKENDS = ("auto", "nccl", "gloo")
 # What fine-tuning a pretrained encoder (`init`) changes from the from-scratch defaults, unless given by hand:
 # the recipe measured for MiniLM (docs/experiments.md); from-scratch's lr is ten times what fine-tuning wants.
 # bf16 pays on a GPU only where matmuls are big enough to outweigh autocast's casts: not for the small default encoder.
@@ -21,110 +21,104 @@ FINE_TUNING = {"lr": 5e-5, "warmup_steps": 100, "epochs": 2, "batch_size": 32, "
                "bf16": True}
 
 
-def _knob(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+class ConfigError(SamError):
+    """Settings that cannot train or load, each named with what is wrong with it."""
+
+    def __init__(self, error: ValidationError | str):
+        if isinstance(error, ValidationError):
+            error = "; ".join(_issue(issue) for issue in error.errors())
+        super().__init__(error)
 
 
-@dataclass
-class ModelConfig:
+def _issue(issue: dict) -> str:
+    where = ".".join(str(part) for part in issue["loc"])
+    message = issue["msg"].removeprefix("Value error, ")
+    if issue["type"] == "extra_forbidden":
+        return f"unknown setting {where}"
+    got = f" (got {issue['input']!r})" if issue["type"] not in ("value_error", "missing") else ""
+    return f"{where}: {message}{got}" if where else message
+
+
+def _knob(default: Any, help: str, **constraints: Any) -> Any:
+    return Field(default, description=help, **constraints)
+
+
+class Section(BaseModel):
+    """A part of the config: unknown keys are refused, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Section):
     """The encoder's shape. With `init`, the pretrained encoder's own shape wins; max_length still applies."""
 
-    num_layers: int = _knob(4, "transformer encoder layers")
-    num_heads: int = _knob(4, "attention heads (must divide d_model)")
-    d_model: int = _knob(256, "hidden size")
-    d_ff: int = _knob(1024, "feed-forward size")
-    dropout: float = _knob(0.1, "dropout on embeddings, attention and feed-forward")
-    max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)")
+    num_layers: int = _knob(4, "transformer encoder layers", ge=1)
+    num_heads: int = _knob(4, "attention heads (must divide d_model)", ge=1)
+    d_model: int = _knob(256, "hidden size", ge=1)
+    d_ff: int = _knob(1024, "feed-forward size", ge=1)
+    dropout: float = _knob(0.1, "dropout on embeddings, attention and feed-forward", ge=0, lt=1)
+    max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)", ge=2)
     norm_first: bool = _knob(False, "pre-layer-norm encoder (ModernBERT's, as the Rust/Burn model SAM replaced); default BERT's post-norm")
-    pooling: str = _knob("cls", "text vector for the head: cls (the [CLS] token) | mean (of all tokens; needs norm_first)")
-    vocab_size: int = _knob(4000, "vocabulary of a corpus-trained WordPiece tokenizer")
+    pooling: Literal["cls", "mean"] = _knob("cls", "text vector for the head: cls (the [CLS] token) | mean (of all tokens; needs norm_first)")
+    vocab_size: int = _knob(4000, "vocabulary of a corpus-trained WordPiece tokenizer", ge=100)
     lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer")
 
-    def __post_init__(self) -> None:
-        """Refused here, where the CLI, a saved directory or a Tune trial builds the config, not deep in a worker."""
+    @model_validator(mode="after")
+    def _buildable(self) -> "ModelConfig":
         if self.d_model % self.num_heads:
             raise ValueError(f"num_heads {self.num_heads} must divide d_model {self.d_model}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.pooling != "cls" and not self.norm_first:
             raise ValueError(f"pooling {self.pooling} needs norm_first: BERT's classifier pools the [CLS] token only")
+        return self
 
 
-@dataclass
-class TrainConfig:
-    lr: float = _knob(5e-4, "peak learning rate, reached at the end of warm-up")
-    warmup_steps: int = _knob(300, "optimizer steps of linear warm-up, then linear decay to zero at the last epoch")
-    weight_decay: float = _knob(0.01, "AdamW weight decay (not applied to norms and biases)")
-    batch_size: int = _knob(64, "examples per worker per step")
-    bucket_batches: int = _knob(8, "batches whose rows are sorted by length together, to pad less (1 = random batches)")
-    shuffle_buffer: int = _knob(16384, "rows each worker draws its batches from at random: a corpus sorted by label mixes within this many rows")
-    epochs: int = _knob(3, "maximum epochs; the schedule decays over this budget")
-    patience: int = _knob(2, "epochs without a better validation loss before stopping")
-    label_smoothing: float = _knob(0.1, "cross-entropy label smoothing")
+class TrainConfig(Section):
+    lr: float = _knob(5e-4, "peak learning rate, reached at the end of warm-up", gt=0)
+    warmup_steps: int = _knob(300, "optimizer steps of linear warm-up, then linear decay to zero at the last epoch", ge=0)
+    warmup_share: float = _knob(0.25, "the warm-up's most, as a share of the run's steps: a short run (small corpus, few epochs) "
+                                      "still decays, at the cost of 10 of a full default run's 300 steps", gt=0, le=1)
+    weight_decay: float = _knob(0.01, "AdamW weight decay (not applied to norms and biases)", ge=0)
+    batch_size: int = _knob(64, "examples per worker per step", ge=1)
+    bucket_batches: int = _knob(8, "batches whose rows are sorted by length together, to pad less (1 = random batches)", ge=1)
+    shuffle_buffer: int = _knob(16384, "rows each worker draws its batches from at random: a corpus sorted by label mixes within this many rows", ge=1)
+    epochs: int = _knob(3, "maximum epochs; the schedule decays over this budget", ge=1)
+    patience: int = _knob(2, "epochs without a better validation loss before stopping", ge=1)
+    label_smoothing: float = _knob(0.1, "cross-entropy label smoothing", ge=0, lt=1)
     class_weights: bool = _knob(True, "weight the loss by inverse class frequency")
-    grad_clip: float = _knob(1.0, "gradient norm clip")
-    ema_decay: float = _knob(0.998, "evaluate and export an exponential moving average of the weights with this decay per step (0 = the last step's weights)")
-    seed: int = _knob(42, "seed for the split, initialisation and shuffling")
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "bucket_batches", "shuffle_buffer", "epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.seed < 0 or not 0 <= self.ema_decay < 1 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("lr must be positive, seed not negative, ema_decay and label_smoothing within [0, 1)")
+    grad_clip: float = _knob(1.0, "gradient norm clip", gt=0)
+    ema_decay: float = _knob(0.998, "evaluate and export an exponential moving average of the weights with this decay per step (0 = the last step's weights)", ge=0, lt=1)
+    seed: int = _knob(42, "seed for the split, initialisation and shuffling", ge=0)
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     data: str = _knob("mteb/tweet_sentiment_extraction", "a file, a directory (train.jsonl or shards), a glob, a URI (s3://...) or a hub name")
-    val_fraction: float = _knob(0.1, "validation share of each class, carved from train by a seeded hash of each text")
-    limit_train: Optional[int] = _knob(None, "keep a seeded sample of about N valid rows, the same on every run (smoke runs)")
+    val_fraction: float = _knob(0.1, "validation share of each class, carved from train by a seeded hash of each text", gt=0, lt=1)
+    limit_train: Optional[int] = _knob(None, "keep a seeded sample of about N valid rows, the same on every run (smoke runs)", ge=2)
     tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
     init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
 
-    def __post_init__(self) -> None:
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.limit_train is not None and self.limit_train < 2:
-            raise ValueError(f"limit_train must be at least 2, got {self.limit_train}")
 
-
-@dataclass
-class DistillConfig:
+class DistillConfig(Section):
     """Knowledge distillation: the model trains on a teacher's softened scores over an augmented transfer set."""
 
     teacher: Optional[str] = _knob(None, "model directory whose scores the model learns from (sam distill)")
-    augment: int = _knob(2, "augmented copies of each training row in the transfer set (masking, word replacement, n-grams)")
-    alpha: float = _knob(0.9, "weight of the teacher's softened scores; 1 - alpha is the gold labels'")
-    temperature: float = _knob(2.0, "softmax temperature of teacher and student in the distillation term")
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise ValueError(f"alpha must be within 0 and 1, got {self.alpha}")
-        if self.temperature <= 0 or self.augment < 0:
-            raise ValueError(f"temperature must be positive and augment not negative, got {self.temperature}, {self.augment}")
+    augment: int = _knob(2, "augmented copies of each training row in the transfer set (masking, word replacement, n-grams)", ge=0)
+    alpha: float = _knob(0.9, "weight of the teacher's softened scores; 1 - alpha is the gold labels'", ge=0, le=1)
+    temperature: float = _knob(2.0, "softmax temperature of teacher and student in the distillation term", gt=0)
 
 
-@dataclass
-class ScaleConfig:
-    num_workers: int = _knob(1, "Ray Train workers (DDP)")
+class ScaleConfig(Section):
+    num_workers: int = _knob(1, "Ray Train workers (DDP)", ge=1)
     use_gpu: bool = _knob(False, "train on GPUs (gpus_per_worker each)")
-    gpus_per_worker: float = _knob(1.0, "GPUs per worker with use_gpu; a fraction shares one GPU (0.25: four workers or trials per GPU)")
-    backend: str = _knob("auto", "torch.distributed backend: auto (gloo on CPU or when workers share a GPU, else nccl) | nccl | gloo")
+    gpus_per_worker: float = _knob(1.0, "GPUs per worker with use_gpu; a fraction shares one GPU (0.25: four workers or trials per GPU)", gt=0)
+    backend: Literal["auto", "nccl", "gloo"] = _knob("auto", "torch.distributed backend: auto (gloo on CPU or when workers share a GPU, else nccl) | nccl | gloo")
     bf16: bool = _knob(False, "bf16 autocast on GPU (the small default encoder ran at 0.45x fp32 under it, docs/benchmarks.md)")
-    cpus_per_worker: int = _knob(1, "CPUs Ray reserves per worker")
-    torch_threads: int = _knob(0, "intra-op threads per worker; 0 = this node's cores / workers")
-    placement_strategy: str = _knob("PACK", "Ray placement of the workers: PACK (fewest nodes) | SPREAD (across nodes)")
+    cpus_per_worker: int = _knob(1, "CPUs Ray reserves per worker", ge=0)
+    torch_threads: int = _knob(0, "intra-op threads per worker; 0 = this node's cores / workers", ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = _knob(
+        "PACK", "Ray placement of the workers: PACK (fewest nodes) | SPREAD (across nodes)")
     materialize_mb: float = _knob(1024.0, "tokenize once per run and keep the splits in Ray's object store when at most this size "
-                                          "(MB, and a quarter of the store); larger ones are streamed, re-read every epoch; 0 = always stream")
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1 or self.cpus_per_worker < 0 or self.materialize_mb < 0:
-            raise ValueError("num_workers must be at least 1, cpus_per_worker and materialize_mb not negative")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.gpus_per_worker <= 0:
-            raise ValueError(f"gpus_per_worker must be positive, got {self.gpus_per_worker}")
+                                          "(MB, and a quarter of the store); larger ones are streamed, re-read every epoch; 0 = always stream", ge=0)
 
     @property
     def torch_backend(self) -> str:
@@ -136,30 +130,23 @@ class ScaleConfig:
         return "nccl"
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    scale: ScaleConfig = field(default_factory=ScaleConfig)
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
-        """Nested dicts as written by `to_dict`; unknown keys are an error so typos never pass silently."""
-        sections = {}
-        for section in fields(cls):
-            section_type = get_type_hints(cls)[section.name]
-            given = dict(values.get(section.name, {}))
-            known = {f.name for f in fields(section_type)}
-            unknown = set(given) - known
-            if unknown:
-                raise ValueError(f"unknown {section.name} settings: {sorted(unknown)}")
-            sections[section.name] = section_type(**given)
-        return cls(**sections)
+        """Nested dicts as written by `to_dict`, validated: a bad or unknown setting is a `ConfigError` naming it."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ConfigError(error) from None
 
     def differences(self, other: "Config", sections: tuple[str, ...] = ("model", "train", "data", "distill"),
                     only: Optional[tuple[str, ...]] = None) -> list[str]:
@@ -176,7 +163,7 @@ class Config:
         owners = {name: section for section, knobs in values.items() for name in knobs}
         for name, value in flat.items():
             if name not in owners:
-                raise ValueError(f"unknown setting {name!r}")
+                raise ConfigError(f"unknown setting {name!r}")
             values[owners[name]][name] = value
         return Config.from_dict(values)
 
@@ -196,45 +183,28 @@ class Config:
         return cls.from_dict(json.loads(Path(directory, CONFIG_FILE).read_text()))
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = ("model", "train", "data", "scale"),
                          only: Optional[tuple[str, ...]] = None) -> None:
-    """One `--knob-name` option per config field (or per field named in `only`), defaults and help taken from
-    the dataclasses."""
+    """One `--knob-name` option per config field (or per field named in `only`), with its help and default. The
+    values stay text: the config's own validation converts and checks them (`config_from_args`)."""
     defaults = Config()
     for section_name in sections:
         section = getattr(defaults, section_name)
         group = parser.add_argument_group(section_name)
-        hints = get_type_hints(type(section))
-        for knob in fields(section):
-            if only is not None and knob.name not in only:
+        for name, knob in type(section).model_fields.items():
+            if only is not None and name not in only:
                 continue
-            kind = hints[knob.name]
-            if kind is bool:
-                parse = _parse_bool
-            elif kind in (Optional[int], int):
-                parse = int
-            elif kind is float:
-                parse = float
-            else:
-                parse = str
-            fine_tuning = f"; with --init: {FINE_TUNING[knob.name]}" if knob.name in FINE_TUNING else ""
+            fine_tuning = f"; with --init: {FINE_TUNING[name]}" if name in FINE_TUNING else ""
+            choices = get_args(knob.annotation) if get_origin(knob.annotation) is Literal else None
+            flag = knob.annotation is bool
             group.add_argument(
-                "--" + knob.name.replace("_", "-"),
-                dest=knob.name,
-                type=parse,
-                **({"nargs": "?", "const": True} if kind is bool else {}),  # `--use-gpu` alone means true
+                "--" + name.replace("_", "-"),
+                dest=name,
+                **({"nargs": "?", "const": True} if flag else {}),  # `--use-gpu` alone means true
+                choices=choices,
                 default=argparse.SUPPRESS,
-                metavar=knob.name.upper() if kind is not bool else "true|false",
-                help=f"{knob.metadata['help']} (default: {getattr(section, knob.name)}{fine_tuning})",
+                metavar="true|false" if flag else None if choices else name.upper(),
+                help=f"{knob.description} (default: {getattr(section, name)}{fine_tuning})",
             )
 
 

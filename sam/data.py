@@ -23,7 +23,7 @@ import pyarrow.fs
 import ray
 import ray.data
 
-from sam import LABELS
+from sam import LABELS, SamError
 from sam.console import set_data_progress
 from sam.config import Config
 from sam.encoding import MAX_TEXT_CHARS, encode_rows
@@ -54,7 +54,7 @@ def light_tasks() -> dict:
     return {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=data_tasks())}
 
 
-class DataError(ValueError):
+class DataError(SamError):
     """Input that cannot be used at all (no such source, no valid rows): the message names the source."""
 
 
@@ -493,22 +493,29 @@ def materialize_if_small(data: PreparedData, max_length: int, setting_mb: float)
     return dataclasses.replace(data, train=data.train.materialize(), val=data.val.materialize(), materialized=True)
 
 
-def prepare_data(config: Config, split: Optional[Split] = None, transfer: Optional[ray.data.Dataset] = None,
-                 transfer_count: int = 0) -> PreparedData:
+def prepare(config: Config, transfer: Optional[str] = None, root: Optional[str] = None, **scoring) -> PreparedData:
     """Read, validate, split and tokenize as one lazy Ray Data pipeline; the driver holds only the report, the
-    class counts and the tokenizer (trained on a bounded sample of the training texts). With `transfer` (rows
-    scored by a teacher, `transfer_count` of them: distillation), the model trains on those instead. Small splits
-    are then tokenized once for the run (`materialize_if_small`)."""
+    class counts and the tokenizer (trained on a bounded sample of the training texts). With a teacher
+    (`sam distill`), the model trains on its scored transfer set instead: in `transfer` (a path or URI), or by
+    default in a directory named for what it holds under `root` (default ~/ray_results), scored by `scoring`'s
+    actors once. Small splits are then tokenized once for the run (`materialize_if_small`)."""
     from sam.tokenizer import tokenizer_for  # here, not at the top: Ray Data's tasks import this module
 
-    split = split or train_and_validation(config)
+    split = train_and_validation(config)
+    rows, count = split.train, int(split.train_counts.sum())
+    if config.distill.teacher:
+        from sam.distill import build_transfer_set, check_teacher_split, transfer_location  # distill builds on this module
+
+        check_teacher_split(config)
+        scored = build_transfer_set(config, split, transfer_location(config, transfer, root), **scoring)
+        rows, count = scored.rows, scored.count
     tokenizer = tokenizer_for(config, text_sample(split.train))
     return materialize_if_small(PreparedData(
-        train=tokenize(split.train if transfer is None else transfer, tokenizer, config.model.max_length),
+        train=tokenize(rows, tokenizer, config.model.max_length),
         val=tokenize(split.val, tokenizer, config.model.max_length),
         tokenizer=tokenizer,
         class_weights=class_weights(split.train_counts),
-        n_train=transfer_count if transfer is not None else int(split.train_counts.sum()),
+        n_train=count,
         n_val=int(split.val_counts.sum()),
         report=split.report,
     ), config.model.max_length, config.scale.materialize_mb)

@@ -10,13 +10,13 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray.data
 
-from sam.config import Config
-from sam.data import PreparedData, Split, prepare_data, train_and_validation, transfer_rows
-from sam.predict import WEIGHTS_FILE, score_rows
+from sam import SamError
+from sam.config import CONFIG_FILE, Config
+from sam.data import Split, transfer_rows
+from sam.predict import WEIGHTS_FILES, score_rows
 from sam.storage import delete_dir, exists, join, local_model_dir, ray_data_path, read_text, redact, resolve, write_text
 
 log = logging.getLogger("sam")
@@ -34,16 +34,21 @@ class Transfer:
 def check_teacher_split(config: Config) -> None:
     """A teacher validated on another split has trained on some of this one's validation rows, and its scores
     would leak them into the student."""
-    teacher = Config.load(local_model_dir(config.distill.teacher))
+    directory = local_model_dir(config.distill.teacher)
+    if not (directory / CONFIG_FILE).is_file():
+        raise SamError(f"teacher {config.distill.teacher}: not a SAM model directory (no {CONFIG_FILE}), so its split "
+                       "cannot be checked against this run's validation rows")
+    teacher = Config.load(directory)
     mine, theirs = ((c.train.seed, c.data.val_fraction, c.data.limit_train) for c in (config, teacher))
     if mine != theirs:
-        raise ValueError(f"teacher {config.distill.teacher} was split with (seed, val_fraction, limit_train) = {theirs}, "
+        raise SamError(f"teacher {config.distill.teacher} was split with (seed, val_fraction, limit_train) = {theirs}, "
                          f"this run with {mine}: give the same, so that it never trained on this run's validation rows")
 
 
 def transfer_key(config: Config) -> dict:
     """What a transfer set depends on: the teacher's weights (not its path), the data, the split, the augmentation."""
-    weights = hashlib.sha256(Path(local_model_dir(config.distill.teacher), WEIGHTS_FILE).read_bytes()).hexdigest()
+    teacher = local_model_dir(config.distill.teacher)
+    weights = hashlib.sha256(next(teacher / f for f in WEIGHTS_FILES if (teacher / f).is_file()).read_bytes()).hexdigest()
     return {"teacher_weights": weights, "data": config.with_absolute_paths().data.data, "limit": config.data.limit_train,
             "val_fraction": config.data.val_fraction, "seed": config.train.seed, "augment": config.distill.augment}
 
@@ -79,18 +84,11 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
     manifest = json.loads(read_text(manifest_path))
     if manifest["key"] != key:
         differ = sorted(k for k in key if manifest["key"].get(k) != key[k])
-        raise ValueError(f"{redact(directory)}: a transfer set for another {', '.join(differ)}; remove it or choose another --transfer")
+        raise SamError(f"{redact(directory)}: a transfer set for another {', '.join(differ)}; remove it or choose another --transfer")
     log.info("transfer set %s: %d rows", redact(directory), manifest["rows"])
     return Transfer(ray.data.read_parquet(ray_data_path(join(directory, manifest["part"]))), manifest["rows"])
 
 
-def prepare(config: Config, transfer: str | None = None, root: str | None = None, **scoring) -> PreparedData:
-    """`prepare_data`, on the teacher-scored transfer set when the config names a teacher: in `transfer` (a path
-    or URI), or by default in a directory named for what it holds under `root` (default ~/ray_results)."""
-    if not config.distill.teacher:
-        return prepare_data(config)
-    check_teacher_split(config)
-    split = train_and_validation(config)
-    directory = resolve(transfer) if transfer else transfer_dir(config, root or TRANSFER_ROOT)
-    scored = build_transfer_set(config, split, directory, **scoring)
-    return prepare_data(config, split, scored.rows, scored.count)
+def transfer_location(config: Config, transfer: str | None = None, root: str | None = None) -> str:
+    """`transfer` when given, else a directory named for what the set holds under `root` (default ~/ray_results)."""
+    return resolve(transfer) if transfer else transfer_dir(config, root or TRANSFER_ROOT)

@@ -26,8 +26,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 
 def warmup_steps(config: TrainConfig, total_steps: int) -> int:
-    """The warm-up, cut short in a run too short for it, so that the peak is still reached."""
-    return min(config.warmup_steps, max(total_steps - 1, 0))
+    """`warmup_steps`, but never more than `warmup_share` of the run: 8,000 tweets for 2 epochs (226 steps) warm
+    up for 56 and decay for the rest (docs/experiments.md), where 300 would never have left the warm-up."""
+    return min(config.warmup_steps, int(config.warmup_share * total_steps))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):

@@ -9,6 +9,7 @@ from collections import Counter
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
@@ -19,7 +20,7 @@ from transformers import (
 )
 
 from sam import LABELS
-from sam.config import ModelConfig
+from sam.config import Config, ModelConfig
 
 LABEL_MAPS = {"id2label": dict(enumerate(LABELS)), "label2id": {name: i for i, name in enumerate(LABELS)}}
 
@@ -57,6 +58,16 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
 def load_pretrained(name_or_dir: str) -> PreTrainedModel:
     """A pretrained encoder (e.g. MiniLM) with a fresh 3-way head, or a SAM model directory as it was saved."""
     return AutoModelForSequenceClassification.from_pretrained(name_or_dir, num_labels=len(LABELS), **LABEL_MAPS)
+
+
+def with_pretrained_shape(config: Config) -> Config:
+    """With `init`, the config with the pretrained encoder's own shape, so that a model directory's sam_config.json
+    says what it holds (MiniLM: 6 layers of 384, not the default 4 of 256); max_length stays the run's."""
+    if not config.data.init:
+        return config
+    shape = AutoConfig.from_pretrained(config.data.init)
+    return config.with_flat(num_layers=shape.num_hidden_layers, num_heads=shape.num_attention_heads, d_model=shape.hidden_size,
+                            d_ff=getattr(shape, "intermediate_size", config.model.d_ff), vocab_size=shape.vocab_size)
 
 
 def summary(model: torch.nn.Module) -> str:

@@ -24,7 +24,7 @@ import ray.data
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from sam import LABELS
+from sam import LABELS, SamError
 from sam.config import CONFIG_FILE, Config
 from sam.console import data_progress
 from sam.batching import pad_batch, token_budget_chunks
@@ -33,33 +33,66 @@ from sam.encoding import encode
 from sam.storage import StorageError, delete_dir, filesystem, is_uri, join, local_model_dir, model_location, redact, write_text
 from sam.tokenizer import load_tokenizer
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # what `from_pretrained` loads, safetensors first
 CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 512, 16384
+UNSET_MAX_LENGTH = 1_000_000  # tokenizers without a limit of their own report 1e30
 
 
-class ModelDirError(ValueError):
+class ModelDirError(SamError):
     """A model directory that cannot be served: the message is one line saying why."""
 
 
 def check_model_dir(directory: str | Path) -> Path:
-    """Fails fast, in one line, on what would otherwise surface as a deep traceback. Returns the local directory
-    to load from: the one given, or this node's cached copy of one on object storage."""
+    """Fails fast, in one line, on what would otherwise surface as a deep traceback. Any Hugging Face
+    sequence-classification directory with three labels passes, SAM's or not. Returns the local directory to load
+    from: the one given, or this node's cached copy of one on object storage or in MLflow's registry."""
     try:
         path = local_model_dir(directory)
     except StorageError as error:
         raise ModelDirError(str(error)) from None
     if not path.is_dir():
         raise ModelDirError(f"{path}: no such model directory")
-    for required in ("config.json", WEIGHTS_FILE, CONFIG_FILE):
-        if not (path / required).is_file():
-            raise ModelDirError(f"{path}: missing {required}")
+    if not (path / "config.json").is_file():
+        raise ModelDirError(f"{path}: missing config.json")
+    if not any((path / weights).is_file() for weights in WEIGHTS_FILES):
+        raise ModelDirError(f"{path}: missing the weights ({' or '.join(WEIGHTS_FILES)})")
+    label_order(model_config(path), path)
+    return path
+
+
+def model_config(path: Path):
     try:
-        config = AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ModelDirError(f"{path}: unreadable config.json ({error})") from error
+
+
+def label_order(config, path: Path) -> list[int]:
+    """The model's output index of each of LABELS: its own names in any order (`negative`, ...), or index order
+    when it names them generically (`LABEL_0`, ...)."""
     if config.num_labels != len(LABELS):
         raise ModelDirError(f"{path}: model has {config.num_labels} labels, expected {len(LABELS)} ({', '.join(LABELS)})")
-    return path
+    names = [str(config.id2label[i]).lower() for i in range(len(LABELS))]
+    if sorted(names) == sorted(label.lower() for label in LABELS):
+        return [names.index(label.lower()) for label in LABELS]
+    if all(name == f"label_{i}" for i, name in enumerate(names)):
+        return list(range(len(LABELS)))
+    raise ModelDirError(f"{path}: labels {names} are not {', '.join(LABELS)}")
+
+
+def model_shape(config, max_length: int) -> dict:
+    """The loaded model's real shape, from its config.json: what /model reports."""
+    return {"model_type": config.model_type, "num_layers": config.num_hidden_layers, "num_heads": config.num_attention_heads,
+            "d_model": config.hidden_size, "d_ff": getattr(config, "intermediate_size", None), "vocab_size": config.vocab_size,
+            "max_length": max_length}
+
+
+def prediction_columns(scores: np.ndarray) -> dict[str, list]:
+    """Class probabilities (a row per text) as the fields of each prediction, column by column."""
+    scores = scores.astype(np.float64)  # rounded in float64: float32 would print 0.9123 as 0.9122999906539917
+    predicted = scores.argmax(1)
+    return {"sentiment": [LABELS[i] for i in predicted], "label": predicted.tolist(),
+            "confidence": scores.max(1).round(4).tolist(), "scores": [dict(zip(LABELS, row)) for row in scores.round(4).tolist()]}
 
 
 def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,12 +107,19 @@ class Predictor:
     def __init__(self, directory: str | Path, device: str = "cpu", quantize: bool = False):
         self.source = redact(directory)  # what it was loaded from, as it may be shown
         self.directory = directory = check_model_dir(directory)
-        self.config = Config.load(directory)
+        hf_config = model_config(directory)
+        self.order = label_order(hf_config, directory)
+        # SAM's own settings when it trained the model; any other directory is read by its tokenizer and config.
+        self.config = Config.load(directory) if (directory / CONFIG_FILE).is_file() else None
         try:
             self.tokenizer = load_tokenizer(str(directory))
-            model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+            model = AutoModelForSequenceClassification.from_pretrained(directory)
         except Exception as error:  # corrupt weights or tokenizer files come in many exception types
             raise ModelDirError(f"{directory}: cannot load model ({type(error).__name__}: {error})") from error
+        self.max_length = self.config.model.max_length if self.config else min(
+            self.tokenizer.model_max_length if self.tokenizer.model_max_length < UNSET_MAX_LENGTH else hf_config.max_position_embeddings,
+            hf_config.max_position_embeddings)
+        self.shape = model_shape(hf_config, self.max_length)
         if quantize:
             model = quantize_linear_layers(model)
         self.quantized = quantize
@@ -89,6 +129,16 @@ class Predictor:
         self.batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.model = model.to(self.device).eval()
 
+    @classmethod
+    def in_actor(cls, directory: str | Path, quantize: bool = False) -> "Predictor":
+        """In a Ray actor (a Serve replica, a scoring actor): its GPU when Ray granted one (Ray 2.60 shows every GPU
+        to every actor), else the CPU with one intra-op thread per CPU the actor holds, as more would fight the
+        other actors for cores; int8 layers on CPU only."""
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        return cls(directory, device=device, quantize=quantize and device == "cpu")
+
     @property
     def metrics(self) -> dict:
         path = self.directory / "metrics.json"
@@ -96,13 +146,13 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
-        """One row per text, in input order. Texts run in length-sorted groups of at most `max_tokens` tokens,
-        padding included (default: `self.batch_tokens`)."""
-        ids = encode(self.tokenizer, texts, self.config.model.max_length)
+        """One row per text, in input order, a column per label of LABELS. Texts run in length-sorted groups of
+        at most `max_tokens` tokens, padding included (default: `self.batch_tokens`)."""
+        ids = encode(self.tokenizer, texts, self.max_length)
         logits = torch.empty(len(ids), len(LABELS))
         for chunk in token_budget_chunks([len(row) for row in ids], max_tokens or self.batch_tokens):
             batch = {k: v.to(self.device) for k, v in pad_batch([ids[i] for i in chunk], self.tokenizer.pad_token_id).items()}
-            logits[chunk] = self.model(**batch).logits.float().cpu()
+            logits[chunk] = self.model(**batch).logits.float().cpu()[:, self.order]
         return logits
 
     def scores(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
@@ -110,15 +160,8 @@ class Predictor:
         return self.logits(texts, max_tokens).softmax(-1)
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
-        return [
-            {
-                "sentiment": LABELS[int(row.argmax())],
-                "label": int(row.argmax()),
-                "confidence": round(float(row.max()), 4),
-                "scores": {name: round(float(p), 4) for name, p in zip(LABELS, row)},
-            }
-            for row in self.scores(texts)
-        ]
+        columns = prediction_columns(self.scores(texts).numpy())
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
 # Added by each scoring actor for `ScoredSink`'s report (which actor scored a row, and when); never written.
@@ -133,26 +176,22 @@ class BatchScorer:
     (label -1), so a job can score and reject in one pass over its source."""
 
     def __init__(self, model_dir: str, quantize: bool = False, with_logits: bool = False):
-        device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray 2.60 shows every GPU to an actor: use one only if granted
-        if device == "cpu":
-            torch.set_num_threads(1)  # one thread per actor, each holding one CPU: more would fight the others
-        self.predictor = Predictor(model_dir, device=device, quantize=quantize and device == "cpu")
+        self.predictor = Predictor.in_actor(model_dir, quantize)
         self.with_logits = with_logits
         self.name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         usable = (batch["problem"] == "").to_numpy() if "problem" in batch else np.ones(len(batch), dtype=bool)
+        rows = np.flatnonzero(usable)
         logits = np.zeros((len(batch), len(LABELS)), dtype=np.float32)
-        if usable.any():
-            logits[usable] = self.predictor.logits(batch.loc[usable, "text"].tolist()).numpy()
-        scores = torch.from_numpy(logits).softmax(-1).numpy()
-        predicted = np.where(usable, scores.argmax(1), -1)
-        scored = pd.DataFrame({
-            "sentiment": [LABELS[i] if i >= 0 else "" for i in predicted],
-            "label": predicted.astype(np.int64),
-            "confidence": np.where(usable, scores.max(1).round(4), 0.0),
-            "scores": [dict(zip(LABELS, row.round(4).tolist())) if ok else None for row, ok in zip(scores, usable)],
-        })
+        columns = {"sentiment": [""] * len(batch), "label": [-1] * len(batch), "confidence": [0.0] * len(batch),
+                   "scores": [None] * len(batch)}  # what a row with a problem gets
+        if len(rows):
+            logits[rows] = self.predictor.logits(batch["text"].iloc[rows].tolist()).numpy()
+            for name, values in prediction_columns(torch.from_numpy(logits[rows]).softmax(-1).numpy()).items():
+                for row, value in zip(rows, values):
+                    columns[name][row] = value
+        scored = pd.DataFrame(columns).astype({"label": np.int64})
         if "label" in batch:  # the given label, where there is one, beside the predicted one
             scored.insert(0, "true_label", batch["label"].to_numpy())
         if self.with_logits:  # unrounded: a distilled model learns from them

@@ -15,6 +15,8 @@ from typing import Callable
 import pyarrow.fs
 from filelock import FileLock
 
+from sam import SamError
+
 PYARROW_SCHEMES = {"file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 CACHE_ENV, DEFAULT_CACHE = "SAM_CACHE_DIR", "~/.cache/sam/models"
@@ -23,7 +25,7 @@ USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
 SECRET_QUERY = re.compile(r"((?:access_key|secret_key|session_token|token|password)=)[^&]*", re.IGNORECASE)
 
 
-class StorageError(ValueError):
+class StorageError(SamError):
     """A path or URI that cannot be opened or written: the message names it, without its credentials."""
 
 

@@ -6,6 +6,7 @@ from typing import Iterable
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from sam import SamError
 from sam.config import Config
 
 
@@ -35,7 +36,7 @@ def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(name_or_dir, use_fast=True)
     except (OSError, ValueError) as error:  # not a directory, not in the cache and no network, or not a tokenizer
-        raise ValueError(f"tokenizer {name_or_dir!r}: cannot load ({type(error).__name__}: {error})") from error
+        raise SamError(f"tokenizer {name_or_dir!r}: cannot load ({type(error).__name__}: {error})") from error
 
 
 def tokenizer_for(config: Config, train_texts: Iterable[str]) -> PreTrainedTokenizerBase:

@@ -21,13 +21,13 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from sam import checkpoint
+from sam import SamError, checkpoint
 from sam.batching import collate, epoch_batches
 from sam.console import EpochProgress, ProgressSettings
 from sam.config import CONFIG_FILE, Config, ScaleConfig
-from sam.data import PreparedData, prepare_data
+from sam.data import PreparedData, prepare
 from sam.learner import EpochStats, Learner, Predictions, autocast, to_device, warmup_steps
-from sam.models import build_model, load_pretrained, summary
+from sam.models import build_model, load_pretrained, summary, with_pretrained_shape
 from sam.tracking import EpochLogger, Tracker, flat_params, run_tags
 from sam.storage import exists, is_uri, join, read_text, redact, resolve, write_text
 
@@ -195,6 +195,7 @@ def scaling_config(scale: ScaleConfig) -> ScalingConfig:
 
 def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, progress: ProgressSettings | None = None) -> TorchTrainer:
     """`progress`: how rank 0 shows each epoch (default: as this process's console wants it)."""
+    config = with_pretrained_shape(config)
     return TorchTrainer(
         train_func,
         train_loop_config={
@@ -225,9 +226,9 @@ def check_run_name(kind: str, name: str, storage: str, found: bool, resume: bool
     """Ray continues any run or search it finds under the same storage and name: an existing one is taken only
     with `resume`, and `resume` needs one."""
     if found and not resume:
-        raise ValueError(f"{kind} {name!r} exists under {redact(storage)}: pass --resume to continue it, or choose another --name")
+        raise SamError(f"{kind} {name!r} exists under {redact(storage)}: pass --resume to continue it, or choose another --name")
     if resume and not found:
-        raise ValueError(f"--resume: no {kind} {name!r} under {redact(storage)} to continue")
+        raise SamError(f"--resume: no {kind} {name!r} under {redact(storage)} to continue")
 
 
 def start_run(config: Config, storage: str | None, name: str, resume: bool = False) -> str:
@@ -247,7 +248,7 @@ def start_run(config: Config, storage: str | None, name: str, resume: bool = Fal
     elif exists(saved):
         changed = Config.from_dict(json.loads(read_text(saved))).differences(config)
         if changed:
-            raise ValueError(f"--resume: run {name!r} was started with another config ({'; '.join(changed)})")
+            raise SamError(f"--resume: run {name!r} was started with another config ({'; '.join(changed)})")
     return run
 
 
@@ -260,7 +261,7 @@ def train(config: Config, output: str | Path, storage: str | None = None, name: 
     started = time.perf_counter()
     name = name or new_run_name()
     start_run(config, storage, name, resume)
-    data = data or prepare_data(config)
+    data = data or prepare(config)
     per_epoch = steps_per_epoch(config, data.n_train)
     log.info("schedule: %d steps/epoch, warm-up %d steps to peak lr %.2e, then linear decay over %d steps",
              per_epoch, warmup_steps(config.train, per_epoch * config.train.epochs), config.train.lr,

@@ -17,10 +17,10 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from sam import checkpoint
+from sam import SamError, checkpoint
 from sam.config import Config
 from sam.console import ProgressSettings
-from sam.distill import prepare
+from sam.data import prepare
 from sam.storage import filesystem as uri_filesystem, join, redact, resolve
 from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, make_trainer
 
@@ -175,7 +175,7 @@ def resume_search(storage: str, name: str, given: Optional[Config] = None, fixed
     if given is not None:
         changed = Config.from_dict(spec.base).differences(given.with_absolute_paths(), sections=tuple(spec.base), only=fixed)
         if changed:
-            raise ValueError(f"--resume: search {name!r} was started with other settings ({'; '.join(changed)})")
+            raise SamError(f"--resume: search {name!r} was started with other settings ({'; '.join(changed)})")
     tuner = tune.Tuner.restore(experiment, trainable=_trainable(experiment, spec), resume_errored=True)
     return tuner.fit(), spec
 
@@ -261,7 +261,7 @@ def export_best(rows: list[dict], output: str | Path, storage: str, name: str) -
     """The best trial's best epoch as the standard model directory, the leaderboard and curves beside it."""
     best = next((row for row in rows if row["checkpoint_path"]), None)
     if best is None:
-        raise ValueError("no trial reported a checkpoint; nothing to export")
+        raise SamError("no trial reported a checkpoint; nothing to export")
     filesystem, _ = uri_filesystem(experiment_path(storage, name))
     best_checkpoint, latest = (ray.train.Checkpoint(best[key], filesystem=filesystem) for key in ("checkpoint_path", "latest_checkpoint_path"))
 

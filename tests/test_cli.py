@@ -55,7 +55,7 @@ def test_broken_model_directory_is_one_clear_line(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     result = run_sam("evaluate", "--model", str(tmp_path), "--data", str(tmp_path))
     assert result.returncode != 0
-    assert result.stderr.strip() == f"sam evaluate: error: {tmp_path}: missing model.safetensors"
+    assert result.stderr.strip() == f"sam evaluate: error: {tmp_path}: missing the weights (model.safetensors or pytorch_model.bin)"
 
 
 def test_data_without_valid_rows_names_the_file(ray_session, tmp_path, capsys):

@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from sam.config import Config, add_config_arguments, config_from_args
+from sam.config import Config, ConfigError, add_config_arguments, config_from_args
 
 
 def test_round_trip_through_dict_and_directory(tmp_path):
@@ -13,13 +13,13 @@ def test_round_trip_through_dict_and_directory(tmp_path):
 
 
 def test_unknown_settings_are_refused():
-    with pytest.raises(ValueError, match="unknown setting"):
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
         Config().with_flat(learning_rate=1e-3)
-    with pytest.raises(ValueError, match="unknown model settings"):
+    with pytest.raises(ConfigError, match=r"^unknown setting model\.layers$"):
         Config.from_dict({"model": {"layers": 4}})
 
 
-def test_cli_options_come_from_the_dataclasses():
+def test_cli_options_come_from_the_config_models():
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     args = parser.parse_args(["--lr", "2e-4", "--num-layers", "6", "--norm-first", "false", "--limit-train", "100"])
@@ -27,6 +27,10 @@ def test_cli_options_come_from_the_dataclasses():
     assert (config.train.lr, config.model.num_layers, config.model.norm_first, config.data.limit_train) == (2e-4, 6, False, 100)
     assert config_from_args(parser.parse_args([])) == Config()
     assert config_from_args(parser.parse_args(["--use-gpu"])).scale.use_gpu is True
+    with pytest.raises(ConfigError, match=r"^train\.lr: Input should be a valid number.*\(got 'fast'\)$"):
+        config_from_args(parser.parse_args(["--lr", "fast"]))
+    with pytest.raises(SystemExit):  # a choice the config allows none of is argparse's usage error
+        parser.parse_args(["--pooling", "max"])
 
 
 def test_local_paths_become_absolute_and_hub_names_stay(tmp_path, monkeypatch):
@@ -47,9 +51,9 @@ def test_backend_is_gloo_where_nccl_cannot_run():
     assert backend(use_gpu=True, num_workers=2, gpus_per_worker=0.5) == "gloo"  # NCCL refuses two ranks on one GPU
     assert backend(use_gpu=True, gpus_per_worker=0.25) == "nccl"  # one worker: no peer to share with
     assert backend(use_gpu=True, num_workers=2, gpus_per_worker=0.5, backend="nccl") == "nccl"  # the user's choice wins
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ConfigError, match="scale.backend: Input should be 'auto', 'nccl' or 'gloo' \\(got 'mpi'\\)"):
         Config().with_flat(backend="mpi")
-    with pytest.raises(ValueError, match="gpus_per_worker must be positive"):
+    with pytest.raises(ConfigError, match="scale.gpus_per_worker: Input should be greater than 0"):
         Config().with_flat(gpus_per_worker=0)
 
 
@@ -66,10 +70,17 @@ def test_init_takes_the_fine_tuning_recipe_unless_a_knob_is_given():
 
 
 @pytest.mark.parametrize("knob, value", [("val_fraction", 1.0), ("val_fraction", 0.0), ("batch_size", 0), ("epochs", 0),
-                                         ("seed", -1), ("num_workers", 0), ("limit_train", 1), ("alpha", 1.5)])
+                                         ("seed", -1), ("num_workers", 0), ("limit_train", 1), ("alpha", 1.5),
+                                         ("num_heads", 3), ("warmup_share", 0.0)])
 def test_settings_that_cannot_train_are_refused_where_the_config_is_built(knob, value):
-    with pytest.raises(ValueError, match=knob):
+    with pytest.raises(ConfigError, match=knob):
         Config().with_flat(**{knob: value})
+
+
+def test_a_saved_config_with_a_bad_value_names_it(tmp_path):
+    (tmp_path / "sam_config.json").write_text('{"model": {"dropout": 1.5}}')
+    with pytest.raises(ConfigError, match=r"model\.dropout: Input should be less than 1 \(got 1\.5\)"):
+        Config.load(tmp_path)
 
 
 def test_relative_paths_and_globs_become_absolute_for_trials(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from sam.console import EpochProgress, ProgressSettings
 from tests.test_tune import TINY_OPTIONS

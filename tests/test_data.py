@@ -228,14 +228,14 @@ def epochs_of(data, config, epochs=2):
 def test_materialized_and_streamed_epochs_give_the_same_batches(ray_session, tmp_path):
     import ray.data
 
-    from sam.data import materialize_if_small, prepare_data
+    from sam.data import materialize_if_small, prepare
 
     label_sorted_corpus(tmp_path, 2000)
     config = tiny_config(tmp_path, shuffle_buffer=500)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # Ray's tasks may finish in any order; the batches follow it
     try:
-        streamed = prepare_data(config.with_flat(materialize_mb=0))
+        streamed = prepare(config.with_flat(materialize_mb=0))
         materialized = materialize_if_small(streamed, config.model.max_length, 1024)
         assert not streamed.materialized and materialized.materialized
         a, b = epochs_of(streamed, config), epochs_of(materialized, config)
@@ -248,11 +248,11 @@ def test_materialized_and_streamed_epochs_give_the_same_batches(ray_session, tmp
 
 
 def test_a_file_sorted_by_label_gives_batches_of_every_class(ray_session, tmp_path):
-    from sam.data import prepare_data
+    from sam.data import prepare
 
     rows = label_sorted_corpus(tmp_path)
     config = tiny_config(tmp_path)
-    (epoch,) = epochs_of(prepare_data(config), config, epochs=1)
+    (epoch,) = epochs_of(prepare(config), config, epochs=1)
     overall = np.bincount([row["label"] for row in rows], minlength=3) / len(rows)
     first_fifth = np.concatenate([batch["labels"].numpy() for batch in epoch[: len(epoch) // 5]])
     assert np.abs(np.bincount(first_fifth, minlength=3) / len(first_fifth) - overall).max() < 0.05

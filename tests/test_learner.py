@@ -6,7 +6,7 @@ from sam.batching import collate
 from sam.config import ModelConfig, TrainConfig
 from sam.data import class_weights
 from sam.encoding import encode_column
-from sam.learner import Learner, Predictions, make_averaged, make_optimizer, make_scheduler, to_device
+from sam.learner import Learner, Predictions, make_averaged, make_optimizer, make_scheduler, to_device, warmup_steps
 from sam.models import build_model
 from sam.tokenizer import train_wordpiece
 from sam.train import train_step
@@ -26,6 +26,14 @@ def test_schedule_peaks_at_the_configured_lr_then_decays_to_zero():
     assert abs(max(rates) - 3e-4) < 1e-12
     assert rates.index(max(rates)) == 49
     assert rates[-1] == 0.0
+
+
+def test_warm_up_is_at_most_its_share_of_the_run():
+    config = TrainConfig()  # 300 steps, at most a quarter of the run
+    assert warmup_steps(config, total_steps=226) == 56  # 8,000 tweets, 2 epochs: 170 steps of decay, not 0
+    assert warmup_steps(config, total_steps=1161) == 290  # the full split, 3 epochs
+    assert warmup_steps(config, total_steps=5000) == 300
+    assert warmup_steps(TrainConfig(warmup_steps=10_000, warmup_share=0.06), total_steps=1000) == 60  # a share alone
 
 
 def test_no_weight_decay_on_norms_and_biases():

@@ -47,7 +47,7 @@ def test_mean_pooling_ignores_padding(tokenizer):
 
 @pytest.mark.parametrize("shape, problem", [
     ({"d_model": 30, "num_heads": 4}, "must divide"),
-    ({"pooling": "max"}, "pooling must be one of"),
+    ({"pooling": "max"}, "Input should be 'cls' or 'mean'"),
     ({"pooling": "mean", "norm_first": False}, "needs norm_first"),
 ])
 def test_invalid_shapes_are_refused_when_the_config_is_built(shape, problem):

@@ -16,7 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.util.state import list_tasks
 
 from sam.checkpoint import export
-from sam.data import prepare_data
+from sam.data import prepare
 from sam.predict import Predictor
 from sam.train import checkpoint_config, make_trainer
 from tests.conftest import free_port, local_cluster, nodes_of, tiny_config
@@ -45,7 +45,7 @@ def trained(cluster, tweets_dir, tmp_path_factory):
     both nodes see, as S3 or NFS would be on a real cluster."""
     shared = tmp_path_factory.mktemp("shared_storage")
     config = tiny_config(tweets_dir, num_workers=2, placement_strategy="SPREAD", torch_threads=1)
-    data = prepare_data(config)
+    data = prepare(config)
     run_config = RunConfig(name="multinode", storage_path=str(shared), checkpoint_config=checkpoint_config())
     return shared, make_trainer(config, data, run_config).fit()
 

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from sam import LABELS
 from sam.encoding import MAX_TEXT_CHARS
 from sam.predict import ModelDirError
-from sam.serve import MAX_BODY_BYTES, MAX_TEXTS, ServeArgs, build_app
+from sam.api import MAX_BODY_BYTES, MAX_TEXTS
+from sam.serve import ServeArgs, build_app
 from conftest import NEGATIVE, NEUTRAL, POSITIVE
 from tests.conftest import free_port
 

@@ -18,7 +18,8 @@ from requests.structures import CaseInsensitiveDict
 
 from sam import LABELS
 from sam.encoding import MAX_TEXT_CHARS
-from sam.serve import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TEXTS, NOT_BLANK, ServeArgs, build_app
+from sam.api import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TEXTS, NOT_BLANK
+from sam.serve import ServeArgs, build_app
 from tests.conftest import free_port
 
 TIMEOUT = 60

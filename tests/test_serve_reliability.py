@@ -18,7 +18,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sam.serve import MAX_BODY_BYTES, MAX_TEXTS, ServeArgs, build_app
+from sam.api import MAX_BODY_BYTES, MAX_TEXTS
+from sam.serve import ServeArgs, build_app
 from conftest import NEGATIVE, NEUTRAL, POSITIVE
 from tests.conftest import free_port
 
