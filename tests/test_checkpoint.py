@@ -39,3 +39,16 @@ def test_an_output_that_is_not_a_model_directory_is_refused(tmp_path):
         export(fake_checkpoint(tmp_path / "ckpt"), tmp_path, {})
     assert (tmp_path / "notes.txt").read_text() == "my notes"
     check_output(tmp_path / "new")  # absent, or empty: fine
+
+
+def test_a_failed_export_keeps_the_previous_model_and_leaves_no_staging(tmp_path):
+    output = tmp_path / "models" / "latest"
+    export(fake_checkpoint(tmp_path / "ckpt"), output, {})
+
+    def disk_full(directory):
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        export(fake_checkpoint(tmp_path / "ckpt2", epochs=1), output, {}, extras=disk_full)
+    assert sorted(p.name for p in output.parent.iterdir()) == ["latest"]
+    assert json.loads((output / "metrics.json").read_text())["best_epoch"] == 2  # the earlier export, whole

@@ -4,8 +4,13 @@ import json
 import subprocess
 import sys
 
-from sam import LABELS
+import numpy as np
+import pytest
+
+import sam.cli
+from sam import LABELS, SamError
 from sam.cli import main
+from sam.predict import Predictor
 from tests.conftest import tweet_rows, write_jsonl
 
 
@@ -18,7 +23,9 @@ def test_evaluate_prints_a_table_json_and_a_plot(ray_session, tiny_model_dir, tw
     assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(tweets_dir), "--json", "--plot", str(plot)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     results = json.loads(lines[-1])
-    assert results["n"] == 45 and 0 <= results["accuracy"] <= 1 and "macro_f1" in results
+    expected = Predictor(tiny_model_dir).predict([row["text"] for row in tweet_rows()])  # test.jsonl, scored here
+    assert results["n"] == 45 and "macro_f1" in results
+    assert results["accuracy"] == pytest.approx(np.mean([p["label"] == row["label"] for p, row in zip(expected, tweet_rows())]))
     assert sum(map(sum, results["confusion_matrix"])) == 45
     assert any(line.startswith("Positive") for line in lines)
     assert plot.stat().st_size > 0
@@ -108,3 +115,19 @@ def test_predict_data_scores_and_rejects_in_one_pass(ray_session, tiny_model_dir
     (tmp_path / "in" / "tweets.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # fixed, rerun
     assert main(["predict", "--model", str(tiny_model_dir), "--data", str(tmp_path / "in"), "--output", str(out)]) == 0
     assert len(pd.read_parquet(out / "predictions")) == 270 and not (out / "rejects").exists()  # replaced, not added to
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    def user_error(args):
+        raise SamError("tweets.csv:3: no text column")
+
+    monkeypatch.setattr(sam.cli, "cmd_predict", user_error)
+    assert main(["predict", "hello"]) == 2
+    assert capsys.readouterr().err == "sam predict: error: tweets.csv:3: no text column\n"
+
+    def bug(args):
+        raise ValueError("a bug, not the user's mistake")
+
+    monkeypatch.setattr(sam.cli, "cmd_predict", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["predict", "hello"])

@@ -258,3 +258,25 @@ def test_a_file_sorted_by_label_gives_batches_of_every_class(ray_session, tmp_pa
     assert np.abs(np.bincount(first_fifth, minlength=3) / len(first_fifth) - overall).max() < 0.05
     first_window = np.concatenate([batch["labels"].numpy() for batch in epoch[: config.train.bucket_batches]])
     assert (np.bincount(first_window, minlength=3) / len(first_window)).max() < 0.6  # sorted, it would be all one class
+
+
+def test_a_hub_name_is_read_through_datasets_offline_from_its_cache(ray_session, tmp_path, monkeypatch):
+    """What an earlier online `load_dataset("owner/tweets")` leaves in the datasets cache, which it reads offline."""
+    import datasets
+    from datasets.packaged_modules.json.json import Json
+
+    from sam.data import read_rows, summarize
+
+    source = write_jsonl(tmp_path / "test.jsonl", tweet_rows() + [{"text": " ", "label": 1}, {"text": "who knows", "label": 7}])
+    cache = tmp_path / "datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    Json(data_files={"test": str(source)}, dataset_name="owner___tweets", hash="0" * 16, cache_dir=str(cache)).download_and_prepare()
+    (built,) = (cache / "owner___tweets").glob("default-*")
+    built = built.rename(cache / "owner___tweets" / "default")  # the hub's config name
+    for arrow in built.rglob("owner___tweets-*.arrow"):
+        arrow.rename(arrow.with_name(arrow.name.replace("owner___tweets-", "tweets-")))
+    report, histogram = summarize(read_rows("owner/tweets", "test"), "owner/tweets", seed=0)
+    assert report.kept == len(tweet_rows()) and dict(report.dropped) == {"blank text": 1, "unknown label": 1}
+    assert histogram.sum(1).tolist() == [15, 15, 15]
+    with pytest.raises(DataError, match="owner/absent: cannot load split 'test' from the hub"):
+        read_rows("owner/absent", "test")

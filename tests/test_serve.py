@@ -14,7 +14,7 @@ from sam import LABELS
 from sam.encoding import MAX_TEXT_CHARS
 from sam.predict import ModelDirError
 from sam.api import MAX_BODY_BYTES, MAX_TEXTS
-from sam.serve import ServeArgs, build_app
+from sam.serve import SentimentDeployment, ServeArgs, build_app
 from conftest import NEGATIVE, NEUTRAL, POSITIVE
 from tests.conftest import free_port
 
@@ -255,3 +255,23 @@ def test_the_page_answers_in_a_real_browser(url, browser):
     WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "error").text)
     assert browser.find_element(By.ID, "error").text == "text: text is blank"  # the API's 422, in words
     assert not browser.find_elements(By.CSS_SELECTOR, "#results .result")
+
+
+def test_reconfigure_retunes_the_running_batcher_and_refuses_a_bad_knob(url, tiny_model_dir):
+    from ray import serve
+
+    def deploy(**batching):
+        serve.run(build_app(ServeArgs(model_dir=str(tiny_model_dir), **batching)), name="sam")
+
+    try:
+        deploy(max_batch_size=2, max_ongoing_requests=32, batch_wait_timeout_s=0.2)  # user_config alone changes
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda text: predict(url, {"text": text}), TEXTS * 2))
+        assert all(answer.status_code == 200 for answer in answers)
+        batching = requests.get(f"{url}/model", timeout=30).json()["batching"]
+        assert batching["max_batch_size"] == 2 and batching["batch_wait_timeout_s"] == 0.2
+        assert max(batching["recent_batch_sizes"][-5:]) == 2  # concurrent requests still meet, two at a time
+    finally:
+        deploy(max_batch_size=8, batch_wait_timeout_s=0.2)
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        SentimentDeployment.func_or_class.reconfigure(object(), {"max_batch_size": 0})

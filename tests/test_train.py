@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from sam.batching import collate, training_batches
+from sam.cli import main
 from sam.config import Config
 from sam.learner import EpochStats, Predictions
 from sam.predict import Predictor
@@ -59,7 +59,10 @@ def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, twee
     output = tmp_path / "model"
     metrics = train(tiny_config(tweets_dir, num_workers=2, epochs=3), output, storage=str(tmp_path / "runs"))
 
-    assert metrics["epochs_run"] >= 1 and len(metrics["history"]) == metrics["epochs_run"]
+    history = metrics["history"]
+    assert metrics["epochs_run"] == 3 and [h["epoch"] for h in history] == [1, 2, 3]
+    best = max(h["val_accuracy"] for h in history)  # the exported epoch: the best by validation accuracy
+    assert metrics["val_accuracy"] == history[metrics["best_epoch"] - 1]["val_accuracy"] == best
     assert metrics["peak_lr"] == pytest.approx(3e-3)
     assert json.loads((output / "metrics.json").read_text())["val_accuracy"] == metrics["val_accuracy"]
     assert {p.name for p in output.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -106,3 +109,22 @@ def test_two_workers_holding_every_cpu_still_get_their_data(tweets_dir, tmp_path
     result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epochs 1" in result.stdout
+
+
+def test_init_fine_tunes_the_pretrained_encoder_with_its_recipe_and_records_its_shape(ray_session, tiny_model_dir, tweets_dir,
+                                                                                     tmp_path, capsys):
+    """The fixture's trained model stands in for a pretrained encoder such as MiniLM."""
+    output = tmp_path / "tuned"
+    assert main(["train", "--init", str(tiny_model_dir), "--data", str(tweets_dir), "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.2",
+                 "--max-length", "32", "--output", str(output), "--storage", str(tmp_path / "runs")]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved, pretrained = Config.load(output), AutoConfig.from_pretrained(tiny_model_dir)
+    shape = (saved.model.num_layers, saved.model.num_heads, saved.model.d_model, saved.model.d_ff, saved.model.vocab_size)
+    assert shape == (pretrained.num_hidden_layers, pretrained.num_attention_heads, pretrained.hidden_size,
+                     pretrained.intermediate_size, pretrained.vocab_size) != (4, 4, 256, 1024, 4000)  # not the defaults
+    assert saved.train.lr == metrics["peak_lr"] == pytest.approx(5e-5)  # the fine-tuning recipe
+    assert AutoTokenizer.from_pretrained(output).get_vocab() == AutoTokenizer.from_pretrained(tiny_model_dir).get_vocab()
+    tuned, start = (AutoModelForSequenceClassification.from_pretrained(d).bert.embeddings.word_embeddings.weight
+                    for d in (output, tiny_model_dir))
+    assert 0 < (tuned - start).abs().max() < 1e-2  # moved a little from the pretrained weights, not trained anew
+
