@@ -30,8 +30,9 @@ def many_tweets(tmp_path_factory):
 
 
 def test_space_keys_are_config_knobs_and_every_shape_is_valid():
-    for pretrained in (False, True):
-        Config().with_flat(**{k: 1 for k in search_space(pretrained)})  # raises on a key that is not a knob
+    for pretrained, distilling in ((False, False), (True, False), (False, True)):
+        for _ in range(20):  # any sample is a valid config: a key that is not a knob, or a value it refuses, raises
+            trial_config(Config(), {k: domain.sample() for k, domain in search_space(pretrained, distilling).items()})
     assert set(search_space(pretrained=True)) == {"lr", "warmup_steps", "weight_decay", "batch_size"}
     for d_model in D_MODELS:
         for heads in NUM_HEADS:
