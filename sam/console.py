@@ -54,6 +54,8 @@ class ProgressSettings:
 
 
 def _quiet_libraries() -> None:
+    import ray.data  # noqa: F401  Ray Data sets its loggers' levels as it is imported: first, so these stay
+
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
