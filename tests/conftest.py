@@ -9,7 +9,11 @@ import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download: tokenizers are trained on the fixture corpus
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # Serve's metrics reach the export port within seconds
+# Ray's own intervals, shortened for tests: Serve's metrics reach the export port within seconds, and Train's
+# controller looks at its workers every quarter second (every 2 s by default: seconds of each run's start and end).
+RAY_TEST_SETTINGS = {"RAY_metrics_report_interval_ms": "1000", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+for name, value in RAY_TEST_SETTINGS.items():
+    os.environ.setdefault(name, value)
 
 import pytest
 
@@ -40,6 +44,12 @@ POSITIVE = [
 
 def tweet_rows():
     return [{"text": t, "label": label} for label, texts in enumerate((NEGATIVE, NEUTRAL, POSITIVE)) for t in texts]
+
+
+def own_ray_env(**extra) -> dict:
+    """The environment for a command that starts a Ray of its own: none of this session's Ray variables (its
+    address, its temp dir), the tests' Ray settings kept."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **RAY_TEST_SETTINGS, **extra}
 
 
 def free_port() -> int:

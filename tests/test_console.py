@@ -2,7 +2,6 @@
 --verbose. The commands run as users run them, in a process (and a pseudo-terminal) of their own."""
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pexpect
 
 from sam.console import EpochProgress, ProgressSettings
+from tests.conftest import own_ray_env
 from tests.test_tune import TINY_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,11 +22,6 @@ RAY_LINES = ("Starting execution of Dataset", "Execution plan of Dataset", "Requ
 def sam_train(tweets_dir, tmp_path, *extra) -> list[str]:
     return [sys.executable, "-m", "sam.cli", "train", "--data", str(tweets_dir), *TINY_OPTIONS, "--epochs", "2",
             "--output", str(tmp_path / "model"), "--storage", str(tmp_path / "runs"), *extra]
-
-
-def own_ray_env(**extra) -> dict:
-    """A Ray of the command's own: nothing of the test session's cluster."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **extra}
 
 
 def test_plain_progress_lines_come_at_the_interval(caplog):

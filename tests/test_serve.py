@@ -152,6 +152,10 @@ def test_builder_args(monkeypatch, tmp_path):
     assert args.autoscaling_config == {"min_replicas": 1, "max_replicas": 2}
     with pytest.raises(ValidationError, match="caps every batch"):
         ServeArgs(max_batch_size=64, max_ongoing_requests=8)
+    for bad, why in (({"max_batch_size": 0}, "Input should be greater than or equal to 1"),
+                     ({"batch_size": 8}, "Extra inputs are not permitted")):
+        with pytest.raises(ValidationError, match=f"{next(iter(bad))}\n  {why}"):  # the knob named, then why
+            ServeArgs.model_validate(bad)
 
 
 def dashboard_metrics() -> set[str]:

@@ -13,7 +13,7 @@ from sam.config import Config
 from sam.learner import EpochStats, Predictions
 from sam.predict import Predictor
 from sam.train import eval_step, scaling_config, train, train_step
-from tests.conftest import tiny_config, tweet_rows
+from tests.conftest import own_ray_env, tiny_config, tweet_rows
 from tests.test_learner import tiny_learner
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tweet_sentiment_extraction"
@@ -105,8 +105,7 @@ def test_two_workers_holding_every_cpu_still_get_their_data(tweets_dir, tmp_path
         f"storage={str(tmp_path / 'runs')!r})\n"
         "print('epochs', metrics['epochs_run'])\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=own_ray_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epochs 1" in result.stdout
 
