@@ -21,10 +21,11 @@ TINY_OPTIONS = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d
 
 @pytest.fixture(scope="module")
 def many_tweets(tmp_path_factory):
-    """The fixture tweets eight times over: enough steps per epoch that a good lr clearly beats a useless one
-    after the first epoch, which is what makes ASHA's decision deterministic below."""
+    """The fixture tweets 48 times over: enough steps per epoch (216) that a good lr is past chance after the first
+    epoch while a useless one stays at it, which makes ASHA's decision below deterministic (at chance both, a tie
+    stops nothing)."""
     directory = tmp_path_factory.mktemp("many_tweets")
-    write_jsonl(directory / "train.jsonl", tweet_rows() * 8)
+    write_jsonl(directory / "train.jsonl", tweet_rows() * 48)
     return directory
 
 
