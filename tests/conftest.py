@@ -48,8 +48,8 @@ def tweet_rows():
 
 def own_ray_env(**extra) -> dict:
     """The environment for a command that starts a Ray of its own: none of this session's Ray variables (its
-    address, its temp dir), the tests' Ray settings kept."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **RAY_TEST_SETTINGS, **extra}
+    address, its temp dir), the tests' Ray settings kept as they are in effect."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k in RAY_TEST_SETTINGS}, **extra}
 
 
 def free_port() -> int:
