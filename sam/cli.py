@@ -12,12 +12,11 @@ import time
 from contextlib import nullcontext
 
 from sam import SamError
-from sam.config import DEFAULT_MODEL_DIR, Config, add_config_arguments, config_from_args
+from sam.config import CARVED, DEFAULT_MODEL_DIR, HOLDOUT, VALIDATION, Config, add_config_arguments, config_from_args
 from sam.storage import exists, join, local_model_dir, redact, resolve
 
 log = logging.getLogger("sam")
 
-VALIDATION = "validation"  # not a split on disk: the one carved from train when the model was trained
 
 
 def _init_ray(args: argparse.Namespace) -> None:
@@ -132,9 +131,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tracked = _tracker(args)
     _init_ray(args)
     with scoring_job():
-        if args.split == VALIDATION:  # the model's own split settings, over the data given here
-            split = train_and_validation(Config.load(local_model_dir(args.model)).with_flat(data=args.data))
-            rows, report = split.val, split.report
+        if args.split in CARVED:  # the model's own split settings, over the data given here
+            config = Config.load(local_model_dir(args.model)).with_flat(data=args.data)
+            if args.split == HOLDOUT and not config.data.holdout_fraction:
+                raise SamError(f"{args.model} was trained without a held-out part (--holdout-fraction): every row "
+                               "outside its validation was trained on")
+            split = train_and_validation(config)
+            rows, report = {VALIDATION: split.val, HOLDOUT: split.holdout}[args.split], split.report
         else:
             rows = read_rows(args.data, args.split)
             report, _ = summarize(rows, args.data, seed=0)
@@ -309,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default=DEFAULT_MODEL_DIR, help=f"model directory (default: {DEFAULT_MODEL_DIR})")
     evaluate.add_argument("--data", required=True, help="as for sam train --data: file, directory, glob, URI or hub name")
     evaluate.add_argument("--split", default="test",
-                          help=f"split to read from a directory or the hub (default: test); '{VALIDATION}' re-carves "
-                               "the model's own validation rows from the train split, with its saved fraction and seed")
+                          help=f"split to read from a directory or the hub (default: test); '{VALIDATION}' or '{HOLDOUT}' "
+                               "re-carves the model's own validation or held-out rows from the train split, with its saved "
+                               "fractions and seed")
     add_scoring_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="also print the results as JSON on the last line")
     evaluate.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix as a picture")

@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sam import SamError
 
 CONFIG_FILE = "sam_config.json"
+# The parts a model's config carves from the train split, by a seeded hash of each text, besides its training rows:
+# `sam evaluate --split` names them, though no file on disk holds them.
+VALIDATION, HOLDOUT = "validation", "holdout"
+CARVED = (VALIDATION, HOLDOUT)
 # Where `sam train` and `sam tune` write a model and `sam evaluate`, `sam predict` and Serve read it.
 DEFAULT_MODEL_DIR = "models/latest"
 # What fine-tuning a pretrained encoder (`init`) changes from the from-scratch defaults, unless given by hand:
@@ -93,9 +97,18 @@ class TrainConfig(Section):
 class DataConfig(Section):
     data: str = _knob("mteb/tweet_sentiment_extraction", "a file, a directory (train.jsonl or shards), a glob, a URI (s3://...) or a hub name")
     val_fraction: float = _knob(0.1, "validation share of each class, carved from train by a seeded hash of each text", gt=0, lt=1)
+    holdout_fraction: float = _knob(0.0, "a held-out share of each class, carved after validation and never trained, validated or "
+                                         "tuned on: `sam evaluate --split holdout` scores it (0 = none)", ge=0, lt=1)
     limit_train: Optional[int] = _knob(None, "keep a seeded sample of about N valid rows, the same on every run (smoke runs)", ge=2)
     tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
     init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
+
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> "DataConfig":
+        if self.val_fraction + self.holdout_fraction >= 1:
+            raise ValueError(f"val_fraction {self.val_fraction} and holdout_fraction {self.holdout_fraction} leave no training rows")
+        return self
 
 
 class DistillConfig(Section):

@@ -25,7 +25,7 @@ import ray.data
 
 from sam import LABELS, SamError
 from sam.console import set_data_progress
-from sam.config import Config
+from sam.config import HOLDOUT, VALIDATION, Config
 from sam.encoding import MAX_TEXT_CHARS, encode_rows
 from sam.storage import ray_data_path
 
@@ -341,43 +341,56 @@ def split_edges(histogram: np.ndarray, val_fraction: float) -> list[int]:
     return edges
 
 
-def _one_side(batch: pd.DataFrame, seed: int, edges: list[int], cut: int, validation: bool) -> pd.DataFrame:
+TRAIN = "train"
+
+
+def _one_side(batch: pd.DataFrame, seed: int, edges: dict[str, list[int]], cut: int, side: str) -> pd.DataFrame:
     good = _valid_rows(batch)
-    bins = split_bins(good["text"], seed)
-    in_validation = bins < np.asarray(edges)[good["label"].to_numpy()]
-    return good.loc[(in_validation == validation) & (bins < cut), ["text", "label"]]
+    bins, labels = split_bins(good["text"], seed), good["label"].to_numpy()
+    below_val, below_holdout = (bins < np.asarray(edges[part])[labels] for part in (VALIDATION, HOLDOUT))
+    keep = {VALIDATION: below_val, HOLDOUT: below_holdout & ~below_val, TRAIN: ~below_holdout}[side]
+    return good.loc[keep & (bins < cut), ["text", "label"]]
 
 
 @dataclass
 class Split:
     train: ray.data.Dataset  # text, label
     val: ray.data.Dataset
+    holdout: ray.data.Dataset  # empty without holdout_fraction; nothing in training or tuning reads it
     report: LoadReport
     train_counts: np.ndarray  # rows per class
     val_counts: np.ndarray
+    holdout_counts: np.ndarray
 
 
 def train_and_validation(config: Config) -> Split:
-    """The train split's valid rows, split by a seeded hash of each text within its class: given a model's saved
-    config, `sam evaluate --split validation` carves the very rows that model was validated on."""
+    """The train split's valid rows, split by a seeded hash of each text within its class into validation, the
+    held-out part and training: given a model's saved config, `sam evaluate --split validation` (or `holdout`)
+    carves the very rows that model was validated (or never trained) on."""
     rows = read_rows(config.data.data, "train", shuffle_seed=config.train.seed)
     report, histogram = summarize(rows, config.data.data, config.train.seed)
     cut = limit_bin(histogram, config.data.limit_train)
     histogram[:, cut:] = 0
     if config.data.limit_train is not None:
         log.info("--limit-train: a seeded sample of %d of the %d valid rows", histogram.sum(), report.kept)
-    edges = split_edges(histogram, config.data.val_fraction)
-    val_counts = np.array([counts[:edge].sum() for counts, edge in zip(histogram, edges)])
-    if val_counts.sum() == 0 or val_counts.sum() == histogram.sum():
-        raise DataError(f"{config.data.data}: {histogram.sum()} rows leave no training or no validation rows "
-                        f"at val_fraction {config.data.val_fraction}")
+    # The held-out part's edges count from the same start as validation's, so validation is the same with or without it.
+    edges = {VALIDATION: split_edges(histogram, config.data.val_fraction),
+             HOLDOUT: split_edges(histogram, config.data.val_fraction + config.data.holdout_fraction)}
+    below = {part: np.array([counts[:edge].sum() for counts, edge in zip(histogram, part_edges)]) for part, part_edges in edges.items()}
+    val_counts, holdout_counts = below[VALIDATION], below[HOLDOUT] - below[VALIDATION]
+    train_counts = histogram.sum(1) - below[HOLDOUT]
+    if val_counts.sum() == 0 or train_counts.sum() == 0 or (config.data.holdout_fraction and holdout_counts.sum() == 0):
+        raise DataError(f"{config.data.data}: {histogram.sum()} rows leave no training, validation or held-out rows "
+                        f"at val_fraction {config.data.val_fraction}, holdout_fraction {config.data.holdout_fraction}")
 
-    def side(validation: bool) -> ray.data.Dataset:
+    if config.data.holdout_fraction:
+        log.info("held out: %d rows, never trained or validated on (sam evaluate --split holdout)", holdout_counts.sum())
+
+    def side(name: str) -> ray.data.Dataset:
         return rows.map_batches(_one_side, batch_format="pandas", **light_tasks(),
-                                fn_kwargs={"seed": config.train.seed, "edges": edges, "cut": cut, "validation": validation})
+                                fn_kwargs={"seed": config.train.seed, "edges": edges, "cut": cut, "side": name})
 
-    return Split(side(False), side(True), report,
-                 histogram.sum(1) - val_counts, val_counts)
+    return Split(side(TRAIN), side(VALIDATION), side(HOLDOUT), report, train_counts, val_counts, holdout_counts)
 
 
 MASK = "[MASK]"  # the BERT-family mask token: the teacher's and the corpus tokenizer's vocabularies both have it

@@ -33,15 +33,16 @@ class Transfer:
 
 def check_teacher_split(config: Config) -> None:
     """A teacher validated on another split has trained on some of this one's validation rows, and its scores
-    would leak them into the student."""
+    would leak them into the student; one split with another held-out part has trained on some of the rows the
+    two are compared on."""
     directory = local_model_dir(config.distill.teacher)
     if not (directory / CONFIG_FILE).is_file():
         raise SamError(f"teacher {config.distill.teacher}: not a SAM model directory (no {CONFIG_FILE}), so its split "
                        "cannot be checked against this run's validation rows")
     teacher = Config.load(directory)
-    mine, theirs = ((c.train.seed, c.data.val_fraction, c.data.limit_train) for c in (config, teacher))
+    mine, theirs = ((c.train.seed, c.data.val_fraction, c.data.holdout_fraction, c.data.limit_train) for c in (config, teacher))
     if mine != theirs:
-        raise SamError(f"teacher {config.distill.teacher} was split with (seed, val_fraction, limit_train) = {theirs}, "
+        raise SamError(f"teacher {config.distill.teacher} was split with (seed, val_fraction, holdout_fraction, limit_train) = {theirs}, "
                          f"this run with {mine}: give the same, so that it never trained on this run's validation rows")
 
 
@@ -50,7 +51,7 @@ def transfer_key(config: Config) -> dict:
     teacher = local_model_dir(config.distill.teacher)
     weights = hashlib.sha256(next(teacher / f for f in WEIGHTS_FILES if (teacher / f).is_file()).read_bytes()).hexdigest()
     return {"teacher_weights": weights, "data": config.with_absolute_paths().data.data, "limit": config.data.limit_train,
-            "val_fraction": config.data.val_fraction, "seed": config.train.seed, "augment": config.distill.augment}
+            "val_fraction": config.data.val_fraction, "holdout_fraction": config.data.holdout_fraction, "seed": config.train.seed, "augment": config.distill.augment}
 
 
 def transfer_dir(config: Config, root: str) -> str:

@@ -71,6 +71,7 @@ def run_tags(config, report=None) -> dict:
     import torch
 
     tags = {"sam.source": config.data.data, "sam.split_seed": config.train.seed, "sam.val_fraction": config.data.val_fraction,
+            "sam.holdout_fraction": config.data.holdout_fraction,
             "ray_version": ray.__version__, "torch_version": torch.__version__}
     if config.data.init:
         tags["sam.init"] = config.data.init

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,8 @@ import pytest
 import sam.cli
 from sam import LABELS, SamError
 from sam.cli import main
+from sam.config import Config
+from sam.data import train_and_validation
 from sam.predict import Predictor
 from tests.conftest import tweet_rows, write_jsonl
 
@@ -41,6 +44,18 @@ def test_evaluate_on_the_models_own_validation_rows(ray_session, tiny_model_dir,
     assert abs(results["accuracy"] - trained["val_accuracy"]) <= 1 / results["n"]
     assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(tweets_dir), "--split", "validation", "--quantize", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == trained["n_val"]
+
+
+def test_evaluate_on_the_models_held_out_part(ray_session, tiny_model_dir, tweets_dir, tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(tweets_dir), "--split", "holdout"]) == 2
+    assert "trained without a held-out part (--holdout-fraction)" in capsys.readouterr().err
+    held = tmp_path / "held"
+    shutil.copytree(tiny_model_dir, held)
+    config = Config.load(held).with_flat(holdout_fraction=0.2)
+    config.save(held)
+    assert main(["evaluate", "--model", str(held), "--data", str(tweets_dir), "--split", "holdout", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results["n"] == train_and_validation(config.with_flat(data=str(tweets_dir))).holdout_counts.sum() > 0
 
 
 def test_predict_prints_one_json_line_per_text(tiny_model_dir, capsys):

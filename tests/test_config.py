@@ -77,6 +77,12 @@ def test_settings_that_cannot_train_are_refused_where_the_config_is_built(knob, 
         Config().with_flat(**{knob: value})
 
 
+def test_validation_and_held_out_parts_must_leave_training_rows():
+    with pytest.raises(ConfigError, match="val_fraction 0.5 and holdout_fraction 0.5 leave no training rows"):
+        Config().with_flat(val_fraction=0.5, holdout_fraction=0.5)
+    assert Config().data.holdout_fraction == 0  # a model directory saved before the setting existed held nothing out
+
+
 def test_a_saved_config_with_a_bad_value_names_it(tmp_path):
     (tmp_path / "sam_config.json").write_text('{"model": {"dropout": 1.5}}')
     with pytest.raises(ConfigError, match=r"model\.dropout: Input should be less than 1 \(got 1\.5\)"):

@@ -120,6 +120,18 @@ def test_split_is_the_same_on_every_run_disjoint_and_balanced_by_class(ray_sessi
     assert other_seed != val
 
 
+def test_held_out_part_is_disjoint_and_leaves_validation_as_it_was(ray_session, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", numbered_rows(600))
+    config = Config().with_flat(data=str(tmp_path), val_fraction=0.1, seed=3)
+    plain, held = train_and_validation(config), train_and_validation(config.with_flat(holdout_fraction=0.2))
+    texts = {name: set(getattr(held, name).to_pandas()["text"]) for name in ("train", "val", "holdout")}
+    assert texts["val"] == set(plain.val.to_pandas()["text"])  # adding a held-out part moves no validation row
+    assert not texts["holdout"] & texts["train"] and not texts["holdout"] & texts["val"]
+    assert texts["train"] | texts["holdout"] == set(plain.train.to_pandas()["text"])
+    assert 118 <= len(texts["holdout"]) == held.holdout_counts.sum() <= 123  # a fifth of each class
+    assert held.train_counts.sum() == len(texts["train"]) and len(plain.holdout.to_pandas()) == 0
+
+
 def test_limit_keeps_the_same_sample_whatever_the_shard_layout(ray_session, tmp_path):
     rows = numbered_rows(600)
     (tmp_path / "one").mkdir()

@@ -61,6 +61,8 @@ def test_teacher_from_another_split_is_refused(tiny_model_dir, tweets_dir):
     check_teacher_split(config)
     with pytest.raises(ValueError, match="never trained on this run's validation rows"):
         check_teacher_split(config.with_flat(seed=1))
+    with pytest.raises(ValueError, match="holdout_fraction"):  # the teacher trained on the rows the two are compared on
+        check_teacher_split(config.with_flat(holdout_fraction=0.1))
 
 
 def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
