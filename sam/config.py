@@ -65,6 +65,9 @@ class ModelConfig(Section):
     norm_first: bool = _knob(False, "pre-layer-norm encoder (ModernBERT's, as the Rust/Burn model SAM replaced); default BERT's post-norm")
     pooling: Literal["cls", "mean"] = _knob("cls", "text vector for the head: cls (the [CLS] token) | mean (of all tokens; needs norm_first)")
     vocab_size: int = _knob(4000, "vocabulary of a corpus-trained WordPiece tokenizer", ge=100)
+    embedding_size: int = _knob(0, "token embeddings this wide, projected up to d_model (ALBERT's factorized embedding, no layer "
+                                   "sharing): a large vocabulary, such as a pretrained encoder's --tokenizer, in fewer parameters; "
+                                   "0 = d_model", ge=0)
     lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer")
 
     @model_validator(mode="after")
@@ -73,6 +76,8 @@ class ModelConfig(Section):
             raise ValueError(f"num_heads {self.num_heads} must divide d_model {self.d_model}")
         if self.pooling != "cls" and not self.norm_first:
             raise ValueError(f"pooling {self.pooling} needs norm_first: BERT's classifier pools the [CLS] token only")
+        if self.embedding_size and self.norm_first:
+            raise ValueError(f"embedding_size {self.embedding_size} needs norm_first false: ALBERT's factorized embedding is post-norm")
         return self
 
 

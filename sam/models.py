@@ -9,6 +9,8 @@ from collections import Counter
 
 import torch
 from transformers import (
+    AlbertConfig,
+    AlbertForSequenceClassification,
     AutoConfig,
     AutoModelForSequenceClassification,
     BertConfig,
@@ -26,8 +28,8 @@ LABEL_MAPS = {"id2label": dict(enumerate(LABELS)), "label2id": {name: i for i, n
 
 
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A fresh encoder: BERT's post-norm, or ModernBERT's pre-norm when `norm_first` (the one of the two whose
-    `transformers` class also pools by mean)."""
+    """A fresh encoder: BERT's post-norm; ModernBERT's pre-norm when `norm_first` (the one whose `transformers`
+    class also pools by mean); ALBERT's when `embedding_size` factorizes the embedding, each layer its own."""
     shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=config.d_model,
@@ -48,6 +50,13 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
             layer_types=["full_attention"] * config.num_layers,
             embedding_dropout=config.dropout, attention_dropout=config.dropout, mlp_dropout=config.dropout,
             classifier_dropout=config.dropout, classifier_pooling=config.pooling, **specials, **shape,
+        ))
+    if config.embedding_size:
+        return AlbertForSequenceClassification(AlbertConfig(
+            embedding_size=config.embedding_size, num_hidden_groups=config.num_layers,  # one group per layer: none shared
+            intermediate_size=config.d_ff, hidden_act="gelu", hidden_dropout_prob=config.dropout,
+            attention_probs_dropout_prob=config.dropout, classifier_dropout_prob=config.dropout, type_vocab_size=1,
+            bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, **shape,
         ))
     return BertForSequenceClassification(BertConfig(
         intermediate_size=config.d_ff, hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,

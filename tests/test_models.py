@@ -18,9 +18,10 @@ def tokenizer():
     return train_wordpiece([row["text"] for row in tweet_rows()], vocab_size=300)
 
 
-@pytest.mark.parametrize("norm_first, pooling", [(False, "cls"), (True, "cls"), (True, "mean")])
-def test_logits_shape_and_saved_directory_loads_in_plain_transformers(tokenizer, tmp_path, norm_first, pooling):
-    model = build_model(ModelConfig(**{**SMALL.__dict__, "norm_first": norm_first, "pooling": pooling}), tokenizer).eval()
+@pytest.mark.parametrize("norm_first, pooling, embedding_size", [(False, "cls", 0), (True, "cls", 0), (True, "mean", 0), (False, "cls", 8)])
+def test_logits_shape_and_saved_directory_loads_in_plain_transformers(tokenizer, tmp_path, norm_first, pooling, embedding_size):
+    shape = {**SMALL.__dict__, "norm_first": norm_first, "pooling": pooling, "embedding_size": embedding_size}
+    model = build_model(ModelConfig(**shape), tokenizer).eval()
     batch = pad_batch(encode(tokenizer, ["I love it", "so sad today, hate it"], 32), tokenizer.pad_token_id)
     logits = model(**batch).logits
     assert logits.shape == (2, len(LABELS))
@@ -45,7 +46,20 @@ def test_mean_pooling_ignores_padding(tokenizer):
     torch.testing.assert_close(model(**padded).logits[:1], model(**alone).logits)
 
 
+def test_factorized_embedding_holds_a_large_vocabulary_in_fewer_parameters(tokenizer):
+    def parameters(**shape):
+        return sum(p.numel() for p in build_model(ModelConfig(**{**SMALL.__dict__, **shape}), tokenizer).parameters())
+
+    model = build_model(ModelConfig(**{**SMALL.__dict__, "embedding_size": 8}), tokenizer)
+    assert model.get_input_embeddings().weight.shape == (len(tokenizer), 8)
+    full, factorized = parameters(), parameters(embedding_size=8)
+    assert full - factorized > (len(tokenizer) - 32) * (32 - 8)  # 8 weights a token instead of 32, less one 8 x 32 projection
+    with_more_layers = parameters(embedding_size=8, num_layers=3)
+    assert with_more_layers - factorized == parameters(num_layers=3) - full  # each added layer has weights of its own
+
+
 @pytest.mark.parametrize("shape, problem", [
+    ({"embedding_size": 16, "norm_first": True}, "needs norm_first false"),
     ({"d_model": 30, "num_heads": 4}, "must divide"),
     ({"pooling": "max"}, "Input should be 'cls' or 'mean'"),
     ({"pooling": "mean", "norm_first": False}, "needs norm_first"),
