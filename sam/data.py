@@ -514,13 +514,17 @@ def prepare(config: Config, transfer: Optional[str] = None, root: Optional[str] 
     actors once. Small splits are then tokenized once for the run (`materialize_if_small`)."""
     from sam.tokenizer import tokenizer_for  # here, not at the top: Ray Data's tasks import this module
 
-    split = train_and_validation(config)
-    rows, count = split.train, int(split.train_counts.sum())
-    if config.distill.teacher:
+    if not config.distill.teacher:
+        split = train_and_validation(config)
+        rows, count = split.train, int(split.train_counts.sum())
+    else:
         from sam.distill import build_transfer_set, check_teacher_split, transfer_location  # distill builds on this module
+        from sam.predict import scoring_job
 
         check_teacher_split(config)
-        scored = build_transfer_set(config, split, transfer_location(config, transfer, root), **scoring)
+        with scoring_job():  # the split built within, in small blocks, so that a corpus of one file keeps every teacher replica busy
+            split = train_and_validation(config)
+            scored = build_transfer_set(config, split, transfer_location(config, transfer, root), **scoring)
         rows, count = scored.rows, scored.count
     tokenizer = tokenizer_for(config, text_sample(split.train))
     return materialize_if_small(PreparedData(

@@ -16,7 +16,7 @@ import ray.data
 from sam import SamError
 from sam.config import CONFIG_FILE, Config
 from sam.data import Split, transfer_rows
-from sam.predict import WEIGHTS_FILES, score_rows
+from sam.predict import SCORER, WEIGHTS_FILES, score_rows
 from sam.storage import delete_dir, exists, join, local_model_dir, ray_data_path, read_text, redact, resolve, write_text
 
 log = logging.getLogger("sam")
@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"  # written last: what the set was built from and how 
 
 @dataclass
 class Transfer:
-    rows: ray.data.Dataset  # text, label, teacher_logits
+    rows: ray.data.Dataset  # text, label, teacher_logits and the replica that scored the row
     count: int
 
 
@@ -63,7 +63,7 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
                        quantize: bool = False) -> Transfer:
     """The training rows and their augmented copies with the teacher's logits, scored once by a pool of teacher
     replicas and streamed to parquet in `directory` (a local path or a URI); a complete set for the same key is
-    reused. Each writer writes a part of its own and the manifest, written last, names the part that holds the
+    reused. Give it a `split` built within `scoring_job()`, so that every replica gets work. Each writer writes a part of its own and the manifest, written last, names the part that holds the
     set: two runs (or trials) building the same set at once never mix their rows, on any storage."""
     key, manifest_path = transfer_key(config), join(directory, MANIFEST)
     if not exists(manifest_path):
@@ -73,7 +73,7 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
         scored = score_rows(rows, config.distill.teacher, actors=actors, gpus_per_actor=gpus_per_actor, quantize=quantize,
                             with_logits=True)
         try:
-            scored.select_columns(["text", "true_label", "logits"]) \
+            scored.select_columns(["text", "true_label", "logits", SCORER]) \
                 .rename_columns({"true_label": "label", "logits": "teacher_logits"}) \
                 .write_parquet(ray_data_path(join(directory, part)), ray_remote_args={"num_cpus": 0})
             count = ray.data.read_parquet(ray_data_path(join(directory, part))).count()

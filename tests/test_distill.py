@@ -13,7 +13,8 @@ from sam.cli import main
 from sam.config import Config
 from sam.data import MASK, _with_augmented_copies
 from sam.learner import distillation_loss
-from tests.conftest import tiny_config, tweet_rows
+from sam.predict import SCORER
+from tests.conftest import tiny_config, tweet_rows, write_jsonl
 
 TINY = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
         "--vocab-size", "200", "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2"]
@@ -90,3 +91,18 @@ def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
     capsys.readouterr()
     assert main([*command, "--augment", "1"]) == 2  # the same directory, another set: refused, not silently reused
     assert "a transfer set for another augment" in capsys.readouterr().err
+
+
+def test_a_transfer_set_from_one_file_keeps_every_teacher_replica_busy(ray_session, tiny_model_dir, tmp_path, monkeypatch):
+    import ray
+
+    import sam.predict
+    from sam.data import prepare
+
+    monkeypatch.setattr(sam.predict, "SCORING_BLOCK_BYTES", 4 << 10)  # blocks of about 20 tweets, as 1 MiB holds 5,000
+    rows = [{**row, "text": f"{row['text']} #{i}"} for i, row in enumerate(tweet_rows() * 4)]
+    write_jsonl(tmp_path / "train.jsonl", rows)  # one file: one block as read
+    config = tiny_config(tmp_path).with_flat(teacher=str(tiny_model_dir), augment=2)
+    prepared = prepare(config, transfer=str(tmp_path / "transfer"), actors=2)
+    per_replica = ray.data.read_parquet(str(tmp_path / "transfer"), file_extensions=["parquet"]).to_pandas()[SCORER].value_counts()
+    assert len(per_replica) == 2 and per_replica.sum() == prepared.n_train
