@@ -18,7 +18,6 @@ from sam.storage import exists, join, local_model_dir, redact, resolve
 log = logging.getLogger("sam")
 
 
-
 def _init_ray(args: argparse.Namespace) -> None:
     """Joins the cluster named by RAY_ADDRESS, or starts a local one (unless this process already has Ray)."""
     import ray

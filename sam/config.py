@@ -108,7 +108,6 @@ class DataConfig(Section):
     tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
     init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
 
-
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> "DataConfig":
         if self.val_fraction + self.holdout_fraction >= 1:

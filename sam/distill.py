@@ -63,8 +63,9 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
                        quantize: bool = False) -> Transfer:
     """The training rows and their augmented copies with the teacher's logits, scored once by a pool of teacher
     replicas and streamed to parquet in `directory` (a local path or a URI); a complete set for the same key is
-    reused. Give it a `split` built within `scoring_job()`, so that every replica gets work. Each writer writes a part of its own and the manifest, written last, names the part that holds the
-    set: two runs (or trials) building the same set at once never mix their rows, on any storage."""
+    reused. Give it a `split` built within `scoring_job()`, so that every replica gets work. Each writer writes a
+    part of its own and the manifest, written last, names the part that holds the set: two runs (or trials)
+    building the same set at once never mix their rows, on any storage."""
     key, manifest_path = transfer_key(config), join(directory, MANIFEST)
     if not exists(manifest_path):
         part = f"part-{secrets.token_hex(4)}"
