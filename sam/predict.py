@@ -216,14 +216,14 @@ def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, g
 
 
 @contextmanager
-def scoring_job(actor_wait_s: int = ACTOR_WAIT_S) -> Iterator[None]:
+def scoring_job() -> Iterator[None]:
     """Datasets built inside spread over every actor of a scoring pool: small blocks (Ray Data makes one block of
     a file of up to 128 MiB), and no block handed out before every actor has loaded the model (else the first
     live actor takes several while the others still import torch). `repartition(target_num_rows_per_block=...)`
     would split blocks too, but its tasks reserve a CPU, which the actors hold. Ray Data shows its progress."""
     context = ray.data.DataContext.get_current()
     saved = context.target_max_block_size, context.wait_for_min_actors_s
-    context.target_max_block_size, context.wait_for_min_actors_s = SCORING_BLOCK_BYTES, actor_wait_s
+    context.target_max_block_size, context.wait_for_min_actors_s = SCORING_BLOCK_BYTES, ACTOR_WAIT_S
     try:
         with data_progress():
             yield
