@@ -107,11 +107,15 @@ class DataConfig(Section):
     limit_train: Optional[int] = _knob(None, "keep a seeded sample of about N valid rows, the same on every run (smoke runs)", ge=2)
     tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
     init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
+    init_embeddings: Optional[str] = _knob(None, "pretrained encoder or model directory whose token embeddings start this model's, "
+                                                 "reduced to embedding_size (or d_model) by their principal components; give its --tokenizer too")
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> "DataConfig":
         if self.val_fraction + self.holdout_fraction >= 1:
             raise ValueError(f"val_fraction {self.val_fraction} and holdout_fraction {self.holdout_fraction} leave no training rows")
+        if self.init_embeddings and (self.init or not self.tokenizer):
+            raise ValueError(f"init_embeddings {self.init_embeddings} needs the tokenizer of the same vocabulary and no init")
         return self
 
 
@@ -185,9 +189,10 @@ class Config(Section):
         return Config.from_dict(values)
 
     def with_absolute_paths(self) -> "Config":
-        """A copy whose local paths and globs (data, tokenizer, init, teacher) are absolute, for code that runs
+        """A copy whose local paths and globs (data, tokenizer, init, init_embeddings, teacher) are absolute, for code that runs
         elsewhere: Tune runs each trial in a working directory of its own. Hub names and URIs stay as they are."""
-        given = {"data": self.data.data, "tokenizer": self.data.tokenizer, "init": self.data.init, "teacher": self.distill.teacher}
+        given = {"data": self.data.data, "tokenizer": self.data.tokenizer, "init": self.data.init,
+                 "init_embeddings": self.data.init_embeddings, "teacher": self.distill.teacher}
         local = {knob: value for knob, value in given.items()
                  if value and "://" not in value and (Path(value).expanduser().exists() or any(c in value for c in "*?["))}
         return self.with_flat(**{knob: str(Path(value).expanduser().absolute()) for knob, value in local.items()})

@@ -12,6 +12,7 @@ from transformers import (
     AlbertConfig,
     AlbertForSequenceClassification,
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
@@ -21,7 +22,7 @@ from transformers import (
     ModernBertForSequenceClassification,
 )
 
-from sam import LABELS
+from sam import LABELS, SamError
 from sam.config import Config, ModelConfig
 
 LABEL_MAPS = {"id2label": dict(enumerate(LABELS)), "label2id": {name: i for i, name in enumerate(LABELS)}}
@@ -67,6 +68,27 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
 def load_pretrained(name_or_dir: str) -> PreTrainedModel:
     """A pretrained encoder (e.g. MiniLM) with a fresh 3-way head, or a SAM model directory as it was saved."""
     return AutoModelForSequenceClassification.from_pretrained(name_or_dir, num_labels=len(LABELS), **LABEL_MAPS)
+
+
+def check_embeddings_source(source: str, vocabulary: int, width: int) -> None:
+    """Before any worker starts: `source` must share the tokenizer's vocabulary and be at least as wide."""
+    shape = AutoConfig.from_pretrained(source)
+    if shape.vocab_size != vocabulary or shape.hidden_size < width:
+        raise SamError(f"init_embeddings {source}: its {shape.vocab_size} token embeddings of {shape.hidden_size} cannot start "
+                       f"{vocabulary} of {width}: give its own --tokenizer and at most its width")
+
+
+def start_from_embeddings(model: PreTrainedModel, source: str) -> None:
+    """Puts into `model` the token embeddings of `source`, a pretrained encoder (or a fine-tuned teacher) of the
+    same vocabulary, projected onto their leading principal components when `model`'s are narrower: a small
+    encoder starts knowing the words its few training texts rarely show."""
+    pretrained = AutoModel.from_pretrained(source).get_input_embeddings().weight.detach().float()
+    target = model.get_input_embeddings().weight
+    check_embeddings_source(source, *target.shape)
+    centered = pretrained - pretrained.mean(dim=0)
+    components = torch.linalg.svd(centered, full_matrices=False).Vh[:target.shape[1]]
+    with torch.no_grad():
+        target.copy_(centered @ components.T)
 
 
 def with_pretrained_shape(config: Config) -> Config:

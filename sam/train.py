@@ -27,7 +27,7 @@ from sam.console import EpochProgress, ProgressSettings
 from sam.config import CONFIG_FILE, Config, ScaleConfig
 from sam.data import PreparedData, prepare
 from sam.learner import EpochStats, Learner, Predictions, autocast, to_device, warmup_steps
-from sam.models import build_model, load_pretrained, summary, with_pretrained_shape
+from sam.models import build_model, check_embeddings_source, load_pretrained, start_from_embeddings, summary, with_pretrained_shape
 from sam.tracking import EpochLogger, Tracker, flat_params, run_tags
 from sam.storage import exists, is_uri, join, read_text, redact, resolve, write_text
 
@@ -79,6 +79,8 @@ def build_or_restore(config: Config, loop_config: dict, device: torch.device) ->
         progress["restored_from_epoch"] = progress["epoch"]
     else:
         model = load_pretrained(config.data.init) if config.data.init else build_model(config.model, loop_config["tokenizer"])
+        if config.data.init_embeddings:
+            start_from_embeddings(model, config.data.init_embeddings)
         progress = new_progress()
     if ray.train.get_context().get_world_rank() == 0:
         log.info("%s", summary(model))  # logged, not printed: Ray Train tees and logs a print, showing it twice
@@ -196,6 +198,8 @@ def scaling_config(scale: ScaleConfig) -> ScalingConfig:
 def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, progress: ProgressSettings | None = None) -> TorchTrainer:
     """`progress`: how rank 0 shows each epoch (default: as this process's console wants it)."""
     config = with_pretrained_shape(config)
+    if config.data.init_embeddings:
+        check_embeddings_source(config.data.init_embeddings, len(data.tokenizer), config.model.embedding_size or config.model.d_model)
     return TorchTrainer(
         train_func,
         train_loop_config={

@@ -2,12 +2,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from sam import LABELS
-from sam.config import ModelConfig
+from sam import LABELS, SamError
+from sam.config import Config, ConfigError, ModelConfig
 from sam.batching import pad_batch
 from sam.encoding import encode
 from sam.tokenizer import train_wordpiece
-from sam.models import build_model, summary
+from sam.models import build_model, start_from_embeddings, summary
 from tests.conftest import tweet_rows
 
 SMALL = ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=64, max_length=32)
@@ -72,3 +72,32 @@ def test_invalid_shapes_are_refused_when_the_config_is_built(shape, problem):
 def test_summary_counts_every_parameter(tokenizer):
     model = build_model(SMALL, tokenizer)
     assert f"{sum(p.numel() for p in model.parameters()):,}" in summary(model).splitlines()[-1]
+
+
+def best_rank_geometry(embeddings: torch.Tensor, rank: int) -> torch.Tensor:
+    """Dot products between tokens that the best `rank`-wide projection of the centered embeddings keeps: the
+    same whatever the signs of its components."""
+    u, s, vh = torch.linalg.svd(embeddings - embeddings.mean(dim=0), full_matrices=False)
+    kept = u[:, :rank] * s[:rank] @ vh[:rank]
+    return kept @ kept.T
+
+
+def test_a_narrower_model_starts_from_the_principal_components_of_pretrained_embeddings(tokenizer, tmp_path):
+    pretrained = build_model(SMALL, tokenizer)
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    student = build_model(ModelConfig(**{**SMALL.__dict__, "embedding_size": 8}), tokenizer)
+    start_from_embeddings(student, str(tmp_path / "pretrained"))
+
+    started = student.get_input_embeddings().weight.detach()
+    expected = best_rank_geometry(pretrained.get_input_embeddings().weight.detach(), 8)
+    torch.testing.assert_close(started @ started.T, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_pretrained_embeddings_of_another_vocabulary_or_width_are_refused(tokenizer, tmp_path):
+    build_model(SMALL, tokenizer).save_pretrained(tmp_path / "pretrained")
+    other = train_wordpiece([row["text"] for row in tweet_rows()], vocab_size=200)
+    for student in (build_model(SMALL, other), build_model(ModelConfig(**{**SMALL.__dict__, "d_model": 64}), tokenizer)):
+        with pytest.raises(SamError, match=r"init_embeddings .*pretrained: its \d+ token embeddings of 32 cannot start"):
+            start_from_embeddings(student, str(tmp_path / "pretrained"))
+    with pytest.raises(ConfigError, match="init_embeddings .* needs the tokenizer of the same vocabulary"):
+        Config().with_flat(init_embeddings=str(tmp_path / "pretrained"))

@@ -15,6 +15,7 @@ from sam.predict import Predictor
 from sam.train import eval_step, scaling_config, train, train_step
 from tests.conftest import own_ray_env, tiny_config, tweet_rows
 from tests.test_learner import tiny_learner
+from tests.test_models import best_rank_geometry
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tweet_sentiment_extraction"
 
@@ -72,6 +73,18 @@ def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, twee
     assert model(**tokenizer(["I love it"], return_tensors="pt", return_token_type_ids=False)).logits.shape == (1, 3)
     prediction = Predictor(output).predict(["I love this song, amazing"])[0]
     assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_student_starts_from_a_trained_models_embeddings(ray_session, tweets_dir, tiny_model_dir, tmp_path):
+    """Through Ray Train: with a learning rate too small to move them, the exported student's token embeddings
+    keep the teacher's geometry, projected onto its 8 widest directions."""
+    config = tiny_config(tweets_dir, tokenizer=str(tiny_model_dir), init_embeddings=str(tiny_model_dir), embedding_size=8,
+                         epochs=1, lr=1e-12)
+    train(config, tmp_path / "student", storage=str(tmp_path / "runs"))
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).get_input_embeddings().weight.detach()
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").get_input_embeddings().weight.detach()
+    assert student.shape == (teacher.shape[0], 8)
+    torch.testing.assert_close(student @ student.T, best_rank_geometry(teacher, 8), atol=1e-3, rtol=1e-3)
 
 
 def test_fractional_gpus_become_ray_worker_resources():
