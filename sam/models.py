@@ -70,12 +70,17 @@ def load_pretrained(name_or_dir: str) -> PreTrainedModel:
     return AutoModelForSequenceClassification.from_pretrained(name_or_dir, num_labels=len(LABELS), **LABEL_MAPS)
 
 
+def _refuse_unless_fits(source: str, available: tuple[int, int], wanted: tuple[int, int]) -> None:
+    if available[0] != wanted[0] or available[1] < wanted[1]:
+        raise SamError(f"init_embeddings {source}: its {available[0]} token embeddings of {available[1]} cannot start "
+                       f"{wanted[0]} of {wanted[1]}: give its own --tokenizer and at most its width")
+
+
 def check_embeddings_source(source: str, vocabulary: int, width: int) -> None:
-    """Before any worker starts: `source` must share the tokenizer's vocabulary and be at least as wide."""
+    """Before any worker starts, from `source`'s config alone: it must share the tokenizer's vocabulary and be at
+    least as wide (ALBERT's token embeddings are `embedding_size` wide, not `hidden_size`)."""
     shape = AutoConfig.from_pretrained(source)
-    if shape.vocab_size != vocabulary or shape.hidden_size < width:
-        raise SamError(f"init_embeddings {source}: its {shape.vocab_size} token embeddings of {shape.hidden_size} cannot start "
-                       f"{vocabulary} of {width}: give its own --tokenizer and at most its width")
+    _refuse_unless_fits(source, (shape.vocab_size, getattr(shape, "embedding_size", None) or shape.hidden_size), (vocabulary, width))
 
 
 def start_from_embeddings(model: PreTrainedModel, source: str) -> None:
@@ -84,7 +89,7 @@ def start_from_embeddings(model: PreTrainedModel, source: str) -> None:
     encoder starts knowing the words its few training texts rarely show."""
     pretrained = AutoModel.from_pretrained(source).get_input_embeddings().weight.detach().float()
     target = model.get_input_embeddings().weight
-    check_embeddings_source(source, *target.shape)
+    _refuse_unless_fits(source, tuple(pretrained.shape), tuple(target.shape))
     centered = pretrained - pretrained.mean(dim=0)
     components = torch.linalg.svd(centered, full_matrices=False).Vh[:target.shape[1]]
     with torch.no_grad():

@@ -7,7 +7,7 @@ from sam.config import Config, ConfigError, ModelConfig
 from sam.batching import pad_batch
 from sam.encoding import encode
 from sam.tokenizer import train_wordpiece
-from sam.models import build_model, start_from_embeddings, summary
+from sam.models import build_model, check_embeddings_source, start_from_embeddings, summary
 from tests.conftest import tweet_rows
 
 SMALL = ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=64, max_length=32)
@@ -99,5 +99,10 @@ def test_pretrained_embeddings_of_another_vocabulary_or_width_are_refused(tokeni
     for student in (build_model(SMALL, other), build_model(ModelConfig(**{**SMALL.__dict__, "d_model": 64}), tokenizer)):
         with pytest.raises(SamError, match=r"init_embeddings .*pretrained: its \d+ token embeddings of 32 cannot start"):
             start_from_embeddings(student, str(tmp_path / "pretrained"))
+    factorized = tmp_path / "factorized"  # its token embeddings are 8 wide, its hidden size 32
+    build_model(ModelConfig(**{**SMALL.__dict__, "embedding_size": 8}), tokenizer).save_pretrained(factorized)
+    check_embeddings_source(str(factorized), len(tokenizer), 8)
+    with pytest.raises(SamError, match=r"its \d+ token embeddings of 8 cannot start \d+ of 16"):
+        check_embeddings_source(str(factorized), len(tokenizer), 16)
     with pytest.raises(ConfigError, match="init_embeddings .* needs the tokenizer of the same vocabulary"):
         Config().with_flat(init_embeddings=str(tmp_path / "pretrained"))
