@@ -109,6 +109,8 @@ class DataConfig(Section):
     init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
     init_embeddings: Optional[str] = _knob(None, "pretrained encoder or model directory whose token embeddings start this model's, "
                                                  "reduced to embedding_size (or d_model) by their principal components; give its --tokenizer too")
+    init_layers: bool = _knob(False, "with init_embeddings, a BERT encoder of this model's d_model, d_ff and heads: this model (with an "
+                                     "embedding_size) also starts from its evenly spaced layers, pooler and head, the first and last kept")
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> "DataConfig":
@@ -116,6 +118,8 @@ class DataConfig(Section):
             raise ValueError(f"val_fraction {self.val_fraction} and holdout_fraction {self.holdout_fraction} leave no training rows")
         if self.init_embeddings and (self.init or not self.tokenizer):
             raise ValueError(f"init_embeddings {self.init_embeddings} needs the tokenizer of the same vocabulary and no init")
+        if self.init_layers and not self.init_embeddings:
+            raise ValueError("init_layers needs init_embeddings: the encoder whose layers start this model's")
         return self
 
 

@@ -76,24 +76,83 @@ def _refuse_unless_fits(source: str, available: tuple[int, int], wanted: tuple[i
                        f"{wanted[0]} of {wanted[1]}: give its own --tokenizer and at most its width")
 
 
-def check_embeddings_source(source: str, vocabulary: int, width: int) -> None:
-    """Before any worker starts, from `source`'s config alone: it must share the tokenizer's vocabulary and be at
-    least as wide (ALBERT's token embeddings are `embedding_size` wide, not `hidden_size`)."""
+# A BERT layer's modules under the names an ALBERT layer gives them: the same post-norm computation.
+ALBERT_NAMES = {"attention.self.query": "attention.query", "attention.self.key": "attention.key",
+                "attention.self.value": "attention.value", "attention.output.dense": "attention.dense",
+                "attention.output.LayerNorm": "attention.LayerNorm", "intermediate.dense": "ffn",
+                "output.dense": "ffn_output", "output.LayerNorm": "full_layer_layer_norm"}
+
+
+def check_embeddings_source(config: Config, vocabulary: int) -> None:
+    """Before any worker starts, from the source's config alone: it must share the tokenizer's vocabulary and be at
+    least as wide (ALBERT's token embeddings are `embedding_size` wide, not `hidden_size`); with `init_layers`, a
+    BERT encoder of the model's own layer shape and at least its layers."""
+    source, model = config.data.init_embeddings, config.model
     shape = AutoConfig.from_pretrained(source)
-    _refuse_unless_fits(source, (shape.vocab_size, getattr(shape, "embedding_size", None) or shape.hidden_size), (vocabulary, width))
+    _refuse_unless_fits(source, (shape.vocab_size, getattr(shape, "embedding_size", None) or shape.hidden_size),
+                        (vocabulary, model.embedding_size or model.d_model))
+    if not config.data.init_layers:
+        return
+    theirs = (shape.model_type, shape.hidden_size, getattr(shape, "intermediate_size", None), shape.num_attention_heads,
+              getattr(shape, "hidden_act", None))
+    mine = ("bert", model.d_model, model.d_ff, model.num_heads, "gelu")
+    if theirs != mine or shape.num_hidden_layers < model.num_layers or not model.embedding_size or model.norm_first:
+        raise SamError(f"init_layers from {source}: a {theirs[0]} encoder of {shape.num_hidden_layers} layers (d_model "
+                       f"{theirs[1]}, d_ff {theirs[2]}, {theirs[3]} heads, {theirs[4]}) cannot start {model.num_layers} "
+                       f"ALBERT layers of d_model {model.d_model}, d_ff {model.d_ff}, {model.num_heads} heads: give its "
+                       "shape, at most its layers and an embedding_size")
 
 
-def start_from_embeddings(model: PreTrainedModel, source: str) -> None:
+def start_from_embeddings(model: PreTrainedModel, source: str, layers: bool = False) -> None:
     """Puts into `model` the token embeddings of `source`, a pretrained encoder (or a fine-tuned teacher) of the
     same vocabulary, projected onto their leading principal components when `model`'s are narrower: a small
-    encoder starts knowing the words its few training texts rarely show."""
-    pretrained = AutoModel.from_pretrained(source).get_input_embeddings().weight.detach().float()
+    encoder starts knowing the words its few training texts rarely show. With `layers`, see `start_from_layers`."""
+    labeled = getattr(AutoConfig.from_pretrained(source), "label2id", None) == LABEL_MAPS["label2id"]
+    teacher = (AutoModelForSequenceClassification if labeled else AutoModel).from_pretrained(source).eval()
+    pretrained = teacher.get_input_embeddings().weight.detach().float()
     target = model.get_input_embeddings().weight
     _refuse_unless_fits(source, tuple(pretrained.shape), tuple(target.shape))
-    centered = pretrained - pretrained.mean(dim=0)
-    components = torch.linalg.svd(centered, full_matrices=False).Vh[:target.shape[1]]
+    mean = pretrained.mean(dim=0)
+    components = torch.linalg.svd(pretrained - mean, full_matrices=False).Vh[:target.shape[1]]
     with torch.no_grad():
-        target.copy_(centered @ components.T)
+        target.copy_((pretrained - mean) @ components.T)
+    if layers:
+        start_from_layers(model, teacher, components, mean)
+
+
+@torch.no_grad()
+def start_from_layers(model: AlbertForSequenceClassification, teacher: PreTrainedModel, components: torch.Tensor,
+                      mean: torch.Tensor) -> None:
+    """The student becomes the teacher with layers left out: its position and type embeddings in the same principal
+    components, the map up to d_model fitted by least squares so that its first layer sees what the teacher's
+    embedding layer gave, then evenly spaced teacher layers (first and last kept), its pooler and, when it was
+    trained on these labels, its head. The teacher must be a BERT encoder of the model's layer shape."""
+    student, source = model.albert, teacher.base_model
+    embeddings = student.embeddings
+    positions = embeddings.position_embeddings.num_embeddings
+    embeddings.position_embeddings.weight.copy_(source.embeddings.position_embeddings.weight[:positions] @ components.T)
+    embeddings.token_type_embeddings.weight.copy_(source.embeddings.token_type_embeddings.weight[:1] @ components.T)
+
+    tokens = torch.arange(embeddings.word_embeddings.num_embeddings).unsqueeze(1)
+    at = dict(input_ids=tokens, token_type_ids=torch.zeros_like(tokens),
+              position_ids=torch.randint(positions, tokens.shape, generator=torch.Generator().manual_seed(0)))
+    wanted = source.embeddings(**at).squeeze(1)
+    training = embeddings.training
+    given = embeddings.eval()(**at).squeeze(1)  # without dropout
+    embeddings.train(training)
+    with_bias = torch.cat([given, torch.ones(len(given), 1)], dim=1)
+    mapping = torch.linalg.lstsq(with_bias, wanted).solution
+    student.encoder.embedding_hidden_mapping_in.weight.copy_(mapping[:-1].T)
+    student.encoder.embedding_hidden_mapping_in.bias.copy_(mapping[-1])
+
+    kept = torch.linspace(0, source.config.num_hidden_layers - 1, len(student.encoder.albert_layer_groups)).round().long()
+    for group, index in zip(student.encoder.albert_layer_groups, kept.tolist()):
+        layer = source.encoder.layer[index].state_dict()
+        group.albert_layers[0].load_state_dict({
+            f"{ALBERT_NAMES[name.rsplit('.', 1)[0]]}.{name.rsplit('.', 1)[1]}": value for name, value in layer.items()})
+    student.pooler.load_state_dict(source.pooler.dense.state_dict())
+    if hasattr(teacher, "classifier"):
+        model.classifier.load_state_dict(teacher.classifier.state_dict())
 
 
 def with_pretrained_shape(config: Config) -> Config:

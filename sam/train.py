@@ -80,7 +80,7 @@ def build_or_restore(config: Config, loop_config: dict, device: torch.device) ->
     else:
         model = load_pretrained(config.data.init) if config.data.init else build_model(config.model, loop_config["tokenizer"])
         if config.data.init_embeddings:
-            start_from_embeddings(model, config.data.init_embeddings)
+            start_from_embeddings(model, config.data.init_embeddings, layers=config.data.init_layers)
         progress = new_progress()
     if ray.train.get_context().get_world_rank() == 0:
         log.info("%s", summary(model))  # logged, not printed: Ray Train tees and logs a print, showing it twice
@@ -199,7 +199,7 @@ def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, prog
     """`progress`: how rank 0 shows each epoch (default: as this process's console wants it)."""
     config = with_pretrained_shape(config)
     if config.data.init_embeddings:
-        check_embeddings_source(config.data.init_embeddings, len(data.tokenizer), config.model.embedding_size or config.model.d_model)
+        check_embeddings_source(config, len(data.tokenizer))
     return TorchTrainer(
         train_func,
         train_loop_config={

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -101,8 +103,41 @@ def test_pretrained_embeddings_of_another_vocabulary_or_width_are_refused(tokeni
             start_from_embeddings(student, str(tmp_path / "pretrained"))
     factorized = tmp_path / "factorized"  # its token embeddings are 8 wide, its hidden size 32
     build_model(ModelConfig(**{**SMALL.__dict__, "embedding_size": 8}), tokenizer).save_pretrained(factorized)
-    check_embeddings_source(str(factorized), len(tokenizer), 8)
+    from_factorized = Config().with_flat(tokenizer="t", init_embeddings=str(factorized), embedding_size=8)
+    check_embeddings_source(from_factorized, len(tokenizer))
     with pytest.raises(SamError, match=r"its \d+ token embeddings of 8 cannot start \d+ of 16"):
-        check_embeddings_source(str(factorized), len(tokenizer), 16)
+        check_embeddings_source(from_factorized.with_flat(embedding_size=16), len(tokenizer))
     with pytest.raises(ConfigError, match="init_embeddings .* needs the tokenizer of the same vocabulary"):
         Config().with_flat(init_embeddings=str(tmp_path / "pretrained"))
+
+
+def test_a_student_started_from_its_teachers_layers_computes_what_the_teacher_does_without_the_others(tokenizer, tmp_path):
+    """At the teacher's width the only difference left is where the embeddings are normalized (before the map up
+    to d_model, not after), so every hidden state points where the teacher's, with layers 1 and 3 left out, does."""
+    teacher = build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 5}), tokenizer).eval()
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 3, "embedding_size": 32}), tokenizer)
+    start_from_embeddings(student, str(tmp_path / "teacher"), layers=True)
+    assert student.training  # still trains with dropout after the fit
+
+    shortened = copy.deepcopy(teacher)
+    shortened.bert.encoder.layer = torch.nn.ModuleList(shortened.bert.encoder.layer[i] for i in (0, 2, 4))
+    batch = pad_batch(encode(tokenizer, [row["text"] for row in tweet_rows()][:20], 32), tokenizer.pad_token_id)
+    with torch.no_grad():
+        started, expected = student.eval()(**batch, output_hidden_states=True), shortened(**batch, output_hidden_states=True)
+    for mine, theirs in zip(started.hidden_states, expected.hidden_states, strict=True):
+        assert torch.nn.functional.cosine_similarity(mine.flatten(), theirs.flatten(), dim=0) > 0.98
+    torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight)
+    torch.testing.assert_close(student.albert.pooler.weight, teacher.bert.pooler.dense.weight)
+
+
+def test_layers_of_another_shape_or_too_few_are_refused_before_any_worker_starts(tokenizer, tmp_path):
+    build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 2}), tokenizer).save_pretrained(tmp_path / "teacher")
+    student = Config().with_flat(tokenizer="t", init_embeddings=str(tmp_path / "teacher"), init_layers=True, num_layers=2,
+                                 num_heads=2, d_model=32, d_ff=64, embedding_size=16)
+    check_embeddings_source(student, len(tokenizer))
+    for change in ({"d_ff": 128}, {"num_heads": 4}, {"num_layers": 3}, {"embedding_size": 0}):
+        with pytest.raises(SamError, match=r"init_layers from .*teacher: a bert encoder of 2 layers \(d_model 32, d_ff 64, 2 heads"):
+            check_embeddings_source(student.with_flat(**change), len(tokenizer))
+    with pytest.raises(ConfigError, match="init_layers needs init_embeddings"):
+        Config().with_flat(init_layers=True)

@@ -75,16 +75,20 @@ def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, twee
     assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_a_student_starts_from_a_trained_models_embeddings(ray_session, tweets_dir, tiny_model_dir, tmp_path):
+def test_a_student_starts_from_a_trained_models_embeddings_and_layers(ray_session, tweets_dir, tiny_model_dir, tmp_path):
     """Through Ray Train: with a learning rate too small to move them, the exported student's token embeddings
-    keep the teacher's geometry, projected onto its 8 widest directions."""
-    config = tiny_config(tweets_dir, tokenizer=str(tiny_model_dir), init_embeddings=str(tiny_model_dir), embedding_size=8,
-                         epochs=1, lr=1e-12)
+    keep the teacher's geometry, projected onto its 8 widest directions, and its layer and head are the teacher's."""
+    config = tiny_config(tweets_dir, tokenizer=str(tiny_model_dir), init_embeddings=str(tiny_model_dir), init_layers=True,
+                         embedding_size=8, epochs=1, lr=1e-12)
     train(config, tmp_path / "student", storage=str(tmp_path / "runs"))
-    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).get_input_embeddings().weight.detach()
-    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").get_input_embeddings().weight.detach()
-    assert student.shape == (teacher.shape[0], 8)
-    torch.testing.assert_close(student @ student.T, best_rank_geometry(teacher, 8), atol=1e-3, rtol=1e-3)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
+    embeddings = teacher.get_input_embeddings().weight.detach(), student.get_input_embeddings().weight.detach()
+    assert embeddings[1].shape == (embeddings[0].shape[0], 8)
+    torch.testing.assert_close(embeddings[1] @ embeddings[1].T, best_rank_geometry(embeddings[0], 8), atol=1e-3, rtol=1e-3)
+    layer = student.albert.encoder.albert_layer_groups[0].albert_layers[0]
+    torch.testing.assert_close(layer.ffn.weight, teacher.bert.encoder.layer[0].intermediate.dense.weight)
+    torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight)
 
 
 def test_fractional_gpus_become_ray_worker_resources():
