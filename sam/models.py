@@ -24,6 +24,7 @@ from transformers import (
 
 from sam import LABELS, SamError
 from sam.config import Config, ModelConfig
+from sam.storage import local_model_dir
 
 LABEL_MAPS = {"id2label": dict(enumerate(LABELS)), "label2id": {name: i for i, name in enumerate(LABELS)}}
 
@@ -66,8 +67,9 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
 
 
 def load_pretrained(name_or_dir: str) -> PreTrainedModel:
-    """A pretrained encoder (e.g. MiniLM) with a fresh 3-way head, or a SAM model directory as it was saved."""
-    return AutoModelForSequenceClassification.from_pretrained(name_or_dir, num_labels=len(LABELS), **LABEL_MAPS)
+    """A pretrained encoder (e.g. MiniLM) with a fresh 3-way head, or a SAM model directory as it was saved (a URI
+    is fetched into each node's cache)."""
+    return AutoModelForSequenceClassification.from_pretrained(local_model_dir(name_or_dir), num_labels=len(LABELS), **LABEL_MAPS)
 
 
 def _refuse_unless_fits(source: str, available: tuple[int, int], wanted: tuple[int, int]) -> None:
@@ -76,7 +78,8 @@ def _refuse_unless_fits(source: str, available: tuple[int, int], wanted: tuple[i
                        f"{wanted[0]} of {wanted[1]}: give its own --tokenizer and at most its width")
 
 
-# A BERT layer's modules under the names an ALBERT layer gives them: the same post-norm computation.
+# A BERT layer's modules under the names an ALBERT layer gives them: the same post-norm computation (in training,
+# ALBERT leaves out the dropout after the feed-forward).
 ALBERT_NAMES = {"attention.self.query": "attention.query", "attention.self.key": "attention.key",
                 "attention.self.value": "attention.value", "attention.output.dense": "attention.dense",
                 "attention.output.LayerNorm": "attention.LayerNorm", "intermediate.dense": "ffn",
@@ -88,27 +91,31 @@ def check_embeddings_source(config: Config, vocabulary: int) -> None:
     least as wide (ALBERT's token embeddings are `embedding_size` wide, not `hidden_size`); with `init_layers`, a
     BERT encoder of the model's own layer shape and at least its layers."""
     source, model = config.data.init_embeddings, config.model
-    shape = AutoConfig.from_pretrained(source)
+    shape = AutoConfig.from_pretrained(local_model_dir(source))
     _refuse_unless_fits(source, (shape.vocab_size, getattr(shape, "embedding_size", None) or shape.hidden_size),
                         (vocabulary, model.embedding_size or model.d_model))
     if not config.data.init_layers:
         return
     theirs = (shape.model_type, shape.hidden_size, getattr(shape, "intermediate_size", None), shape.num_attention_heads,
-              getattr(shape, "hidden_act", None))
-    mine = ("bert", model.d_model, model.d_ff, model.num_heads, "gelu")
-    if theirs != mine or shape.num_hidden_layers < model.num_layers or not model.embedding_size or model.norm_first:
+              getattr(shape, "hidden_act", None), getattr(shape, "layer_norm_eps", None))
+    mine = ("bert", model.d_model, model.d_ff, model.num_heads, "gelu", AlbertConfig().layer_norm_eps)
+    longest = getattr(shape, "max_position_embeddings", 0)
+    if (theirs != mine or shape.num_hidden_layers < model.num_layers or longest < model.max_length
+            or not model.embedding_size or model.norm_first):
         raise SamError(f"init_layers from {source}: a {theirs[0]} encoder of {shape.num_hidden_layers} layers (d_model "
-                       f"{theirs[1]}, d_ff {theirs[2]}, {theirs[3]} heads, {theirs[4]}) cannot start {model.num_layers} "
-                       f"ALBERT layers of d_model {model.d_model}, d_ff {model.d_ff}, {model.num_heads} heads: give its "
-                       "shape, at most its layers and an embedding_size")
+                       f"{theirs[1]}, d_ff {theirs[2]}, {theirs[3]} heads, {theirs[4]}, layer norm eps {theirs[5]}, "
+                       f"{longest} positions) cannot start {model.num_layers} ALBERT layers of d_model {model.d_model}, "
+                       f"d_ff {model.d_ff}, {model.num_heads} heads, gelu, eps {mine[5]}, {model.max_length} positions: "
+                       "give its shape, at most its layers and positions, and an embedding_size")
 
 
 def start_from_embeddings(model: PreTrainedModel, source: str, layers: bool = False) -> None:
     """Puts into `model` the token embeddings of `source`, a pretrained encoder (or a fine-tuned teacher) of the
     same vocabulary, projected onto their leading principal components when `model`'s are narrower: a small
     encoder starts knowing the words its few training texts rarely show. With `layers`, see `start_from_layers`."""
-    labeled = getattr(AutoConfig.from_pretrained(source), "label2id", None) == LABEL_MAPS["label2id"]
-    teacher = (AutoModelForSequenceClassification if labeled else AutoModel).from_pretrained(source).eval()
+    directory = local_model_dir(source)  # a URI: fetched into this node's cache
+    labeled = getattr(AutoConfig.from_pretrained(directory), "label2id", None) == LABEL_MAPS["label2id"]
+    teacher = (AutoModelForSequenceClassification if labeled else AutoModel).from_pretrained(directory).eval()
     pretrained = teacher.get_input_embeddings().weight.detach().float()
     target = model.get_input_embeddings().weight
     _refuse_unless_fits(source, tuple(pretrained.shape), tuple(target.shape))
@@ -131,7 +138,8 @@ def start_from_layers(model: AlbertForSequenceClassification, teacher: PreTraine
     embeddings = student.embeddings
     positions = embeddings.position_embeddings.num_embeddings
     embeddings.position_embeddings.weight.copy_(source.embeddings.position_embeddings.weight[:positions] @ components.T)
-    embeddings.token_type_embeddings.weight.copy_(source.embeddings.token_type_embeddings.weight[:1] @ components.T)
+    # The vocabulary's mean, left out of the centered tokens, goes back in: normalization sees the teacher's sums.
+    embeddings.token_type_embeddings.weight.copy_((source.embeddings.token_type_embeddings.weight[:1] + mean) @ components.T)
 
     tokens = torch.arange(embeddings.word_embeddings.num_embeddings).unsqueeze(1)
     at = dict(input_ids=tokens, token_type_ids=torch.zeros_like(tokens),
@@ -160,7 +168,7 @@ def with_pretrained_shape(config: Config) -> Config:
     says what it holds (MiniLM: 6 layers of 384, not the default 4 of 256); max_length stays the run's."""
     if not config.data.init:
         return config
-    shape = AutoConfig.from_pretrained(config.data.init)
+    shape = AutoConfig.from_pretrained(local_model_dir(config.data.init))
     return config.with_flat(num_layers=shape.num_hidden_layers, num_heads=shape.num_attention_heads, d_model=shape.hidden_size,
                             d_ff=getattr(shape, "intermediate_size", config.model.d_ff), vocab_size=shape.vocab_size)
 

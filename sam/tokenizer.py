@@ -8,6 +8,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from sam import SamError
 from sam.config import Config
+from sam.storage import local_model_dir
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = False) -> PreTrainedTokenizerFast:
@@ -34,7 +35,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Fal
 
 def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(name_or_dir, use_fast=True)
+        return AutoTokenizer.from_pretrained(local_model_dir(name_or_dir), use_fast=True)
     except (OSError, ValueError) as error:  # not a directory, not in the cache and no network, or not a tokenizer
         raise SamError(f"tokenizer {name_or_dir!r}: cannot load ({type(error).__name__}: {error})") from error
 

@@ -115,6 +115,9 @@ def test_a_student_started_from_its_teachers_layers_computes_what_the_teacher_do
     """At the teacher's width the only difference left is where the embeddings are normalized (before the map up
     to d_model, not after), so every hidden state points where the teacher's, with layers 1 and 3 left out, does."""
     teacher = build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 5}), tokenizer).eval()
+    with torch.no_grad():  # freshly initialized layers barely change their input: these do (a student's own layers score 0.3-0.4)
+        for weight in (p for p in teacher.bert.encoder.parameters() if p.dim() == 2):
+            weight.mul_(10)
     teacher.save_pretrained(tmp_path / "teacher")
     student = build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 3, "embedding_size": 32}), tokenizer)
     start_from_embeddings(student, str(tmp_path / "teacher"), layers=True)
@@ -127,6 +130,8 @@ def test_a_student_started_from_its_teachers_layers_computes_what_the_teacher_do
         started, expected = student.eval()(**batch, output_hidden_states=True), shortened(**batch, output_hidden_states=True)
     for mine, theirs in zip(started.hidden_states, expected.hidden_states, strict=True):
         assert torch.nn.functional.cosine_similarity(mine.flatten(), theirs.flatten(), dim=0) > 0.98
+    for group, kept in zip(student.albert.encoder.albert_layer_groups, (0, 2, 4), strict=True):
+        torch.testing.assert_close(group.albert_layers[0].attention.query.weight, teacher.bert.encoder.layer[kept].attention.self.query.weight)
     torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight)
     torch.testing.assert_close(student.albert.pooler.weight, teacher.bert.pooler.dense.weight)
 
@@ -134,10 +139,10 @@ def test_a_student_started_from_its_teachers_layers_computes_what_the_teacher_do
 def test_layers_of_another_shape_or_too_few_are_refused_before_any_worker_starts(tokenizer, tmp_path):
     build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 2}), tokenizer).save_pretrained(tmp_path / "teacher")
     student = Config().with_flat(tokenizer="t", init_embeddings=str(tmp_path / "teacher"), init_layers=True, num_layers=2,
-                                 num_heads=2, d_model=32, d_ff=64, embedding_size=16)
+                                 num_heads=2, d_model=32, d_ff=64, embedding_size=16, max_length=32)
     check_embeddings_source(student, len(tokenizer))
-    for change in ({"d_ff": 128}, {"num_heads": 4}, {"num_layers": 3}, {"embedding_size": 0}):
-        with pytest.raises(SamError, match=r"init_layers from .*teacher: a bert encoder of 2 layers \(d_model 32, d_ff 64, 2 heads"):
+    for change in ({"d_ff": 128}, {"num_heads": 4}, {"num_layers": 3}, {"embedding_size": 0}, {"max_length": 64}):
+        with pytest.raises(SamError, match=r"init_layers from .*teacher: a bert encoder of 2 layers \(d_model 32, d_ff 64, 2 heads, gelu, layer norm eps 1e-12, 32 positions\)"):
             check_embeddings_source(student.with_flat(**change), len(tokenizer))
     with pytest.raises(ConfigError, match="init_layers needs init_embeddings"):
         Config().with_flat(init_layers=True)

@@ -155,3 +155,24 @@ def test_credentials_given_in_uris_stay_out_of_the_output(s3, bucket_model, buck
     out, err = capfd.readouterr()
     assert secret not in out and secret not in err
     assert json.loads(out.strip().splitlines()[-1])["predictions"] == "s3://***@sam-test/pred_keys/predictions"
+
+
+def test_a_tokenizer_and_starting_embeddings_come_from_a_model_on_the_bucket(s3, bucket_model):
+    """`--tokenizer`, `--init` and `--init-embeddings` take a model on object storage: each node fetches it into its
+    cache, as every worker of a cluster must, instead of reading the URI as a local path."""
+    import torch
+    from transformers import AutoModel
+
+    from sam.config import ModelConfig
+    from sam.models import build_model, start_from_embeddings
+    from sam.tokenizer import load_tokenizer
+    from tests.test_models import best_rank_geometry
+
+    tokenizer = load_tokenizer(bucket_model)
+    local = storage.local_model_dir(bucket_model)
+    assert tokenizer.get_vocab() == load_tokenizer(str(local)).get_vocab()
+    student = build_model(ModelConfig(num_layers=1, num_heads=2, d_model=32, d_ff=64, max_length=32, embedding_size=8), tokenizer)
+    start_from_embeddings(student, bucket_model)
+    started = student.get_input_embeddings().weight.detach()
+    teacher = AutoModel.from_pretrained(local).get_input_embeddings().weight.detach()
+    torch.testing.assert_close(started @ started.T, best_rank_geometry(teacher, 8), atol=1e-4, rtol=1e-4)
