@@ -143,8 +143,19 @@ def plain_server(model: str, port: int, threads: int, device: str, quantize: boo
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def texts_per_s(predictor, texts: list[str], batch_size: int, seconds: float) -> float:
+    """Texts/s of `predictor.scores` alone over `seconds`, one call per batch as a Serve batch of that size runs."""
+    predictor.scores(texts[:batch_size])  # warm-up (and CUDA kernels' first launch)
+    done, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:  # `scores` returns on the CPU, so a GPU batch is finished
+        batch = [texts[(i + k) % len(texts)] for k in range(batch_size)]  # always a full batch, however few texts
+        predictor.scores(batch)
+        done, i = done + batch_size, (i + batch_size) % len(texts)
+    return round(done / (time.perf_counter() - start), 1)
+
+
 def raw_model(args: argparse.Namespace, texts: list[str], seconds: float = 3.0) -> list[dict]:
-    """Texts/s of `Predictor.scores` alone, one call per batch as a Serve batch of that size runs."""
+    """The raw model's texts/s at batch 1 and at the largest batch, with the CPU steal while each ran."""
     import torch
 
     from sam.predict import Predictor
@@ -153,13 +164,8 @@ def raw_model(args: argparse.Namespace, texts: list[str], seconds: float = 3.0) 
     predictor = Predictor(args.model, device=args.device, quantize=quantize(args))
     rows = []
     for batch_size in raw_batch_sizes(args):
-        predictor.scores(texts[:batch_size])  # warm-up (and CUDA kernels' first launch)
-        done, start, i, mark = 0, time.perf_counter(), 0, cpu_times()
-        while time.perf_counter() - start < seconds:  # `scores` returns on the CPU, so a GPU batch is finished
-            batch = [texts[(i + k) % len(texts)] for k in range(batch_size)]  # always a full batch, however few texts
-            predictor.scores(batch)
-            done, i = done + batch_size, (i + batch_size) % len(texts)
-        rows.append({"batch_size": batch_size, "texts_per_s": round(done / (time.perf_counter() - start), 1),
+        mark = cpu_times()
+        rows.append({"batch_size": batch_size, "texts_per_s": texts_per_s(predictor, texts, batch_size, seconds),
                      "cpu_steal_percent": steal_percent(mark)})
     return rows
 
