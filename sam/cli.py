@@ -46,9 +46,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """`sam train`, and `sam distill`: the same run, on the transfer set a teacher scores first."""
     from sam.checkpoint import check_output
     from sam.data import prepare
+    from sam.distill import with_teacher_layers
     from sam.train import train
 
-    config = config_from_args(args)
+    config = with_teacher_layers(config_from_args(args))
     distilling = args.command == "distill"
     if distilling and not config.distill.teacher:
         raise SamError("--teacher is required: the model directory whose scores the student learns from")
@@ -66,7 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def search_config(args: argparse.Namespace) -> Config:
     """`sam train`'s config from the flags; `--gpus-per-trial` is shorthand for GPUs split over a trial's workers."""
-    config = config_from_args(args)
+    from sam.distill import with_teacher_layers
+
+    config = with_teacher_layers(config_from_args(args))
     if args.gpus_per_trial is not None:
         config = config.with_flat(use_gpu=args.gpus_per_trial > 0,
                                   gpus_per_worker=args.gpus_per_trial / config.scale.num_workers or 1.0)
@@ -276,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="The teacher (a model directory, e.g. a fine-tuned MiniLM) scores the training rows and --augment "
                     "augmented copies of each in a Ray Data actor pool, once; the student (every `sam train` knob) "
                     "trains on alpha * the softened scores + (1 - alpha) * the gold labels and is exported as a model "
-                    "directory. Validation rows are never scored or trained on.")
+                    "directory. By default the student starts as the teacher with layers left out (--student layers); "
+                    "--student scratch trains the configured encoder from scratch. Validation rows are never scored or "
+                    "trained on.")
     add_run_arguments(distill)
     distill.add_argument("--transfer", default=None,
                          help="parquet directory or URI of the scored transfer set: reused when complete (default: one named "

@@ -23,6 +23,10 @@ DEFAULT_MODEL_DIR = "models/latest"
 # bf16 pays on a GPU only where matmuls are big enough to outweigh autocast's casts: not for the small default encoder.
 FINE_TUNING = {"lr": 5e-5, "warmup_steps": 100, "epochs": 2, "batch_size": 32, "class_weights": False, "label_smoothing": 0.0,
                "bf16": True}
+# What a `sam distill` (or `sam tune --teacher`) student that starts as its teacher with layers left out (`student`
+# "layers") changes from the from-scratch defaults, unless given by hand: measured on two seeds (docs/experiments.md).
+# Its tokenizer, width, heads and d_ff are the teacher's (`sam.distill.with_teacher_layers`).
+DISTILLING = {"num_layers": 2, "embedding_size": 128, "lr": 1e-4}
 
 
 class ConfigError(SamError):
@@ -130,6 +134,10 @@ class DistillConfig(Section):
     augment: int = _knob(2, "augmented copies of each training row in the transfer set (masking, word replacement, n-grams)", ge=0)
     alpha: float = _knob(0.9, "weight of the teacher's softened scores; 1 - alpha is the gold labels'", ge=0, le=1)
     temperature: float = _knob(2.0, "softmax temperature of teacher and student in the distillation term", gt=0)
+    student: Literal["layers", "scratch"] = _knob(
+        "layers", "how the student starts: layers = as its (BERT) teacher with layers left out, in the teacher's tokenizer, "
+                  "width, heads and d_ff, its token embeddings factorized to embedding_size by their principal components "
+                  f"({', '.join(f'{k} {v}' for k, v in DISTILLING.items())} unless given); scratch = the configured encoder, from scratch")
 
 
 class ScaleConfig(Section):
@@ -220,7 +228,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
         for name, knob in type(section).model_fields.items():
             if only is not None and name not in only:
                 continue
-            fine_tuning = f"; with --init: {FINE_TUNING[name]}" if name in FINE_TUNING else ""
+            recipes = f"; with --init: {FINE_TUNING[name]}" if name in FINE_TUNING else ""
+            recipes += f"; a layered student's: {DISTILLING[name]}" if name in DISTILLING and "distill" in sections else ""
             choices = get_args(knob.annotation) if get_origin(knob.annotation) is Literal else None
             flag = knob.annotation is bool
             group.add_argument(
@@ -230,12 +239,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
                 choices=choices,
                 default=argparse.SUPPRESS,
                 metavar="true|false" if flag else None if choices else name.upper(),
-                help=f"{knob.description} (default: {getattr(section, name)}{fine_tuning})",
+                help=f"{knob.description} (default: {getattr(section, name)}{recipes})",
             )
 
 
 def config_from_args(args: argparse.Namespace, base: Optional[Config] = None) -> Config:
-    """Fields given on the command line override `base` (the defaults, or the fine-tuning recipe with `--init`)."""
-    base = base or (Config().with_flat(**FINE_TUNING) if getattr(args, "init", None) else Config())
+    """Fields given on the command line override `base`: the defaults, or the fine-tuning recipe with `--init`, or
+    the layered student's with `--teacher` (unless `--student scratch`)."""
+    layered_student = getattr(args, "teacher", None) and getattr(args, "student", "layers") == "layers"
+    recipe = FINE_TUNING if getattr(args, "init", None) else DISTILLING if layered_student else {}
+    base = base or Config().with_flat(**recipe)
     known = {name for section in base.to_dict().values() for name in section}
     return base.with_flat(**{k: v for k, v in vars(args).items() if k in known})

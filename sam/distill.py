@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 import ray.data
+from transformers import AutoConfig
 
 from sam import SamError
 from sam.config import CONFIG_FILE, Config
@@ -31,19 +32,40 @@ class Transfer:
     count: int
 
 
-def check_teacher_split(config: Config) -> None:
-    """A teacher validated on another split has trained on some of this one's validation rows, and its scores
-    would leak them into the student; one split with another held-out part has trained on some of the rows the
-    two are compared on."""
+def teacher_config(config: Config) -> Config:
+    """The config the teacher was trained with, saved in its model directory (a URI is fetched into this node's cache)."""
     directory = local_model_dir(config.distill.teacher)
     if not (directory / CONFIG_FILE).is_file():
         raise SamError(f"teacher {config.distill.teacher}: not a SAM model directory (no {CONFIG_FILE}), so its split "
                        "cannot be checked against this run's validation rows")
-    teacher = Config.load(directory)
+    return Config.load(directory)
+
+
+def check_teacher_split(config: Config) -> None:
+    """A teacher validated on another split has trained on some of this one's validation rows, and its scores
+    would leak them into the student; one split with another held-out part has trained on some of the rows the
+    two are compared on."""
+    teacher = teacher_config(config)
     mine, theirs = ((c.train.seed, c.data.val_fraction, c.data.holdout_fraction, c.data.limit_train) for c in (config, teacher))
     if mine != theirs:
         raise SamError(f"teacher {config.distill.teacher} was split with (seed, val_fraction, holdout_fraction, limit_train) = {theirs}, "
                          f"this run with {mine}: give the same, so that it never trained on this run's validation rows")
+
+
+def with_teacher_layers(config: Config) -> Config:
+    """A layered student (`student` "layers", the default) starts as its teacher with layers left out, so it takes
+    the teacher's tokenizer and token embeddings and the width, heads and d_ff its layers need: as with `init`, the
+    teacher's shape wins over the configured one. A scratch student, or a run without a teacher, is left as it is."""
+    if not config.distill.teacher or config.distill.student != "layers":
+        return config
+    teacher = config.distill.teacher
+    shape = teacher_config(config).model
+    kind = AutoConfig.from_pretrained(local_model_dir(teacher)).model_type
+    if kind != "bert":
+        raise SamError(f"teacher {teacher}: a {kind} encoder, whose layers cannot start a student's (BERT's only): "
+                       "give --student scratch")
+    return config.with_flat(tokenizer=teacher, init_embeddings=teacher, init_layers=True, d_model=shape.d_model,
+                            num_heads=shape.num_heads, d_ff=shape.d_ff)
 
 
 def transfer_key(config: Config) -> dict:

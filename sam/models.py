@@ -120,9 +120,10 @@ def start_from_embeddings(model: PreTrainedModel, source: str, layers: bool = Fa
     target = model.get_input_embeddings().weight
     _refuse_unless_fits(source, tuple(pretrained.shape), tuple(target.shape))
     mean = pretrained.mean(dim=0)
-    components = torch.linalg.svd(pretrained - mean, full_matrices=False).Vh[:target.shape[1]]
+    centered = pretrained - mean
+    components = torch.linalg.svd(centered, full_matrices=False).Vh[:target.shape[1]]
     with torch.no_grad():
-        target.copy_((pretrained - mean) @ components.T)
+        target.copy_(centered @ components.T)
     if layers:
         start_from_layers(model, teacher, components, mean)
 

@@ -38,8 +38,9 @@ D_MODELS, NUM_HEADS = (64, 128, 192, 256), (2, 4, 8)
 
 def search_space(pretrained: bool = False, distilling: bool = False) -> dict:
     """Keys are the typed config's bare knob names, applied with `Config.with_flat`. Fine-tuning a pretrained
-    encoder (`init`) searches the optimiser only: its shape is fixed. Distilling adds the teacher's weight, the
-    temperature and the augmentation (each distinct augmentation is a transfer set scored once)."""
+    encoder (`init`), or a student that starts as its teacher's layers, searches the optimiser only: its shape is
+    fixed. Distilling adds the teacher's weight, the temperature and the augmentation (each distinct augmentation is
+    a transfer set scored once)."""
     space = {
         "lr": tune.loguniform(1e-5, 2e-4) if pretrained else tune.loguniform(1e-4, 2e-3),
         "warmup_steps": tune.choice([100, 300, 600]),
@@ -143,7 +144,7 @@ def run_search(
     experiment = experiment_path(storage, name)
     base = base.with_absolute_paths()
     if space is None:
-        space = fitted_space(search_space(bool(base.data.init), bool(base.distill.teacher)), base, fixed)
+        space = fitted_space(search_space(bool(base.data.init or base.data.init_layers), bool(base.distill.teacher)), base, fixed)
     if not base.scale.torch_threads:
         # Trials share nodes: each worker computes on the CPUs it reserved, not on all of the node's cores.
         base = base.with_flat(torch_threads=max(1, base.scale.cpus_per_worker))

@@ -69,6 +69,16 @@ def test_init_takes_the_fine_tuning_recipe_unless_a_knob_is_given():
     assert config_from_args(parser.parse_args([])).scale.bf16 is False and tuned.scale.bf16 is True
 
 
+def test_a_teacher_takes_the_layered_students_recipe_unless_scratch_or_a_knob_is_given():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, sections=("distill", "model", "train", "data"))
+    layered = config_from_args(parser.parse_args(["--teacher", "models/minilm", "--num-layers", "3"]))
+    assert (layered.distill.student, layered.model.num_layers, layered.model.embedding_size, layered.train.lr) == ("layers", 3, 128, 1e-4)
+    scratch = config_from_args(parser.parse_args(["--teacher", "models/minilm", "--student", "scratch"]))
+    assert scratch == Config().with_flat(teacher="models/minilm", student="scratch")  # the from-scratch defaults
+    assert "a layered student's: 0.0001" in " ".join(parser.format_help().split())
+
+
 @pytest.mark.parametrize("knob, value", [("val_fraction", 1.0), ("val_fraction", 0.0), ("batch_size", 0), ("epochs", 0),
                                          ("seed", -1), ("num_workers", 0), ("limit_train", 1), ("alpha", 1.5),
                                          ("num_heads", 3), ("warmup_share", 0.0)])

@@ -7,17 +7,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sam.cli import main
 from sam.config import Config
 from sam.data import MASK, _with_augmented_copies
 from sam.learner import distillation_loss
+from sam.models import build_model
 from sam.predict import SCORER
 from tests.conftest import tiny_config, tweet_rows, write_jsonl
 
 TINY = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
-        "--vocab-size", "200", "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2"]
+        "--vocab-size", "200", "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2",
+        "--embedding-size", "16"]
 
 
 WORDS = ["apple", "banana", "cherry"]
@@ -66,6 +68,25 @@ def test_teacher_from_another_split_is_refused(tiny_model_dir, tweets_dir):
         check_teacher_split(config.with_flat(holdout_fraction=0.1))
 
 
+def test_a_layered_student_takes_its_teachers_tokenizer_and_shape_and_a_scratch_one_its_own(tiny_model_dir, tweets_dir, tmp_path):
+    from sam.distill import with_teacher_layers
+
+    config = Config().with_flat(data=str(tweets_dir), teacher=str(tiny_model_dir), num_layers=1, embedding_size=16)
+    layered = with_teacher_layers(config)
+    teacher = Config.load(tiny_model_dir).model
+    assert (layered.data.tokenizer, layered.data.init_embeddings, layered.data.init_layers) == (str(tiny_model_dir),) * 2 + (True,)
+    assert (layered.model.d_model, layered.model.num_heads, layered.model.d_ff) == (teacher.d_model, teacher.num_heads, teacher.d_ff)
+    assert (layered.model.num_layers, layered.model.embedding_size) == (1, 16)  # as configured
+    scratch = config.with_flat(student="scratch")
+    assert with_teacher_layers(scratch) == scratch and with_teacher_layers(Config()) == Config()
+
+    pre_norm, saved = tmp_path / "pre_norm", Config.load(tiny_model_dir).with_flat(norm_first=True)
+    build_model(saved.model, AutoTokenizer.from_pretrained(tiny_model_dir)).save_pretrained(pre_norm)
+    saved.save(pre_norm)
+    with pytest.raises(ValueError, match=f"teacher {pre_norm}: a modernbert encoder, whose layers cannot start .*--student scratch"):
+        with_teacher_layers(config.with_flat(teacher=str(pre_norm)))
+
+
 def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
         ray_session, tiny_model_dir, tweets_dir, tmp_path, monkeypatch, capsys):
     import ray
@@ -85,6 +106,9 @@ def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
     assert not np.allclose(teacher_scores[0], teacher_scores[1])
     model = AutoModelForSequenceClassification.from_pretrained(output)
     assert model.config.num_labels == 3 and Config.load(output).distill.teacher == str(tiny_model_dir)
+    # By default the student is the teacher with layers left out: its tokenizer, in a factorized encoder.
+    assert model.config.model_type == "albert" and model.config.embedding_size == 16
+    assert AutoTokenizer.from_pretrained(output).get_vocab() == AutoTokenizer.from_pretrained(tiny_model_dir).get_vocab()
 
     monkeypatch.setattr(distill, "score_rows", lambda *args, **kwargs: pytest.fail("the transfer set was scored again"))
     assert main(command) == 0  # reused: no scoring

@@ -130,7 +130,8 @@ def test_tune_exports_its_best_trial_to_the_bucket(remove_new_placement_groups, 
 def test_distill_keeps_its_transfer_set_on_the_bucket(s3, bucket_model, bucket_data, capsys):
     transfer = s3.uri("transfer/t1")
     assert main(["distill", "--teacher", bucket_model, "--data", bucket_data, "--storage", s3.uri("runs"), "--transfer",
-                 transfer, "--output", s3.uri("models/student"), "--augment", "1", "--epochs", "1", *TINY]) == 0
+                 transfer, "--output", s3.uri("models/student"), "--augment", "1", "--epochs", "1", "--embedding-size", "16",
+                 *TINY]) == 0  # the default student: the teacher's layers, tokenizer and embeddings, fetched from the bucket
     manifest = json.loads(storage.read_text(storage.join(transfer, "manifest.json")))
     assert manifest["rows"] == 2 * 72 and any(f.endswith(".parquet") for f in s3.files(transfer))
     assert "model.safetensors" in s3.files(s3.uri("models/student"))
