@@ -85,11 +85,11 @@ def data_phase(directory: str) -> dict:
 
     from sam.batching import epoch_batches
     from sam.config import Config
-    from sam.data import prepare
+    from sam.prepare import prepare
 
     memory = PeakMemory()
     ray.init(include_dashboard=False, log_to_driver=False)
-    config = Config().with_flat(data=directory, materialize_mb=0)
+    config = Config().with_flat(source=directory, materialize_mb=0)
     started = time.perf_counter()
     data = prepare(config)
     prepared, prepare_anon_mb = time.perf_counter(), memory.phase_peak_mb()

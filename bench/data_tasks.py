@@ -25,10 +25,11 @@ def measure(data: str, cpus: int) -> dict:
     from ray.util.state import list_tasks
 
     from sam.config import Config
-    from sam.data import data_tasks, prepare
+    from sam.data import data_tasks
+    from sam.prepare import prepare
 
     ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=False)
-    prepared = prepare(Config().with_flat(data=data))
+    prepared = prepare(Config().with_flat(source=data))
     for _ in prepared.train.iter_batches(batch_size=4096):
         pass
     spans = defaultdict(list)

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
     args = parser.parse_args()
 
-    config = Config().with_flat(data=os.path.abspath(args.data), limit_train=args.limit_train, epochs=args.epochs, patience=args.epochs)
+    config = Config().with_flat(source=os.path.abspath(args.data), limit_train=args.limit_train, epochs=args.epochs, patience=args.epochs)
     scratch = tempfile.mkdtemp(prefix="tracking-bench-")
     os.chdir(scratch)  # MLflow puts a sqlite store's artifacts under ./mlruns
     tracked = Tracker(f"sqlite:///{scratch}/mlruns.db")

@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     threads = os.cpu_count() or 1
-    config = Config().with_flat(data=args.data, limit_train=args.limit_train, epochs=1, torch_threads=threads)
+    config = Config().with_flat(source=args.data, limit_train=args.limit_train, epochs=1, torch_threads=threads)
     ray.init(include_dashboard=False, log_to_driver=False)
     train_rows = train_and_validation(config).train.to_pandas()  # the same rows the Ray side trains on, in memory
     tokenizer = tokenizer_for(config, train_rows["text"].tolist())

@@ -182,7 +182,7 @@ LIMIT_RESPONSES = {
     413: {"model": Detail, "description": f"Request body over {MAX_BODY_BYTES} bytes"},
     431: {"model": Detail, "description": f"Request headers over {MAX_HEADER_BYTES} bytes"},
 }
-EXAMPLES = {
+OPENAPI_EXAMPLES = {
     "single": {"summary": "One tweet", "value": {"text": "I love the new features in this app!"}},
     "batch": {"summary": "A batch of tweets", "value": {"texts": ["worst day ever, so sad and tired", "the bus comes at 8"]}},
 }

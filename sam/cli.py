@@ -12,8 +12,9 @@ import time
 from contextlib import nullcontext
 
 from sam import SamError
-from sam.config import CARVED, DEFAULT_MODEL_DIR, HOLDOUT, VALIDATION, Config, add_config_arguments, config_from_args
-from sam.storage import exists, join, local_model_dir, redact, resolve
+from sam.config import CARVED, DEFAULT_MODEL_DIR, HOLDOUT, VALIDATION, Config, add_config_arguments, given_knobs
+from sam.locations import local_model_dir
+from sam.storage import exists, join, redact, resolve
 
 log = logging.getLogger("sam")
 
@@ -45,11 +46,12 @@ def _printed(metrics: dict) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """`sam train`, and `sam distill`: the same run, on the transfer set a teacher scores first."""
     from sam.checkpoint import check_output
-    from sam.data import prepare
-    from sam.distill import with_teacher_layers
+    from sam.distill import prepare_distilled
+    from sam.prepare import prepare
+    from sam.resolve import resolve_config
     from sam.train import train
 
-    config = with_teacher_layers(config_from_args(args))
+    config = resolve_config(given_knobs(args))
     distilling = args.command == "distill"
     if distilling and not config.distill.teacher:
         raise SamError("--teacher is required: the model directory whose scores the student learns from")
@@ -58,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_output(args.output)
     tracked = _tracker(args)
     _init_ray(args)
-    data = prepare(config, args.transfer, args.storage, **_scoring_args(args)) if distilling else prepare(config)
+    data = (prepare_distilled(config, args.transfer, args.storage, progress=True, **_scoring_args(args)) if distilling
+            else prepare(config))
     metrics = train(config, args.output, storage=args.storage, name=args.name, max_failures=args.max_failures,
                     data=data, resume=args.resume, tracked=tracked, register=args.register)
     print(_printed(metrics))
@@ -66,14 +69,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def search_config(args: argparse.Namespace) -> Config:
-    """`sam train`'s config from the flags; `--gpus-per-trial` is shorthand for GPUs split over a trial's workers."""
-    from sam.distill import with_teacher_layers
+    """A search's base config from `sam train`'s flags and `--gpus-per-trial`."""
+    from sam.resolve import resolve_config
 
-    config = with_teacher_layers(config_from_args(args))
-    if args.gpus_per_trial is not None:
-        config = config.with_flat(use_gpu=args.gpus_per_trial > 0,
-                                  gpus_per_worker=args.gpus_per_trial / config.scale.num_workers or 1.0)
-    return config
+    return resolve_config(given_knobs(args), gpus_per_trial=args.gpus_per_trial)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -81,11 +80,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from sam.distill import check_teacher_split
     from sam.tracking import flat_params, record_decisions, run_tags, trial_logger
     from sam.train import check_run_name, finish_tracking, new_run_name
-    from sam.tune import experiment_path, export_best, format_leaderboard, is_complete, resume_search, run_search, summarize
+    from sam.tune import experiment_path, export_best, format_leaderboard, is_complete, leaderboard_rows, resume_search, run_search
 
     started = time.perf_counter()
-    knobs = {name for section in Config().to_dict().values() for name in section}
-    fixed = tuple(name for name in vars(args) if name in knobs)  # given by hand: left out of the search space
+    fixed = tuple(given_knobs(args))  # given by hand: left out of the search space
     config = search_config(args)
     check_output(args.output)
     if config.distill.teacher:
@@ -103,7 +101,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             results, spec = run_search(config, args.storage, name, args.num_samples, grace_period=args.grace_period,
                                        reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent, fixed=fixed,
                                        callbacks=callbacks)
-        rows = summarize(results, spec)
+        rows = leaderboard_rows(results, spec)
         print(format_leaderboard(rows))
         if tracked:
             record_decisions(tracked, parent, rows)
@@ -125,26 +123,26 @@ def _scoring_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sam.data import read_rows, summarize, train_and_validation, valid_only
+    from sam.data import read_rows, survey_rows, train_and_validation, valid_only
     from sam.evaluate import format_table, metrics_from_confusion, plot_confusion
-    from sam.predict import Predictor, confusion, score_rows, scoring_job
+    from sam.predict import Predictor
+    from sam.scoring import confusion, score_rows
 
     Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
     tracked = _tracker(args)
     _init_ray(args)
-    with scoring_job():
-        if args.split in CARVED:  # the model's own split settings, over the data given here
-            config = Config.load(local_model_dir(args.model)).with_flat(data=args.data)
-            if args.split == HOLDOUT and not config.data.holdout_fraction:
-                raise SamError(f"{args.model} was trained without a held-out part (--holdout-fraction): every row "
-                               "outside its validation was trained on")
-            split = train_and_validation(config)
-            rows, report = {VALIDATION: split.val, HOLDOUT: split.holdout}[args.split], split.report
-        else:
-            rows = read_rows(args.data, args.split)
-            report, _ = summarize(rows, args.data, seed=0)
-            rows = valid_only(rows)
-        results = metrics_from_confusion(confusion(score_rows(rows, args.model, **_scoring_args(args))))
+    if args.split in CARVED:  # the model's own split settings, over the data given here
+        config = Config.load(local_model_dir(args.model)).with_flat(source=args.data)
+        if args.split == HOLDOUT and not config.data.holdout_fraction:
+            raise SamError(f"{args.model} was trained without a held-out part (--holdout-fraction): every row "
+                           "outside its validation was trained on")
+        split = train_and_validation(config, progress=True)
+        rows, report = {VALIDATION: split.val, HOLDOUT: split.holdout}[args.split], split.report
+    else:
+        rows = read_rows(args.data, args.split, progress=True)
+        report, _ = survey_rows(rows, args.data, seed=0)
+        rows = valid_only(rows)
+    results = metrics_from_confusion(confusion(score_rows(rows, args.model, progress=True, **_scoring_args(args))))
     results["dropped_rows"] = dict(report.dropped)
     print(format_table(results))
     if args.plot:
@@ -199,7 +197,8 @@ def predict_dataset(args: argparse.Namespace) -> int:
     """Batch scoring as one Ray Data pass: predictions to OUTPUT/predictions, unusable rows to OUTPUT/rejects,
     and a summary with rows per scoring actor, the wait for the first scored batch and the steady rate."""
     from sam.data import DataError, read_rows
-    from sam.predict import Predictor, ScoredSink, score_rows, scoring_job
+    from sam.predict import Predictor
+    from sam.scoring import ScoredSink, score_rows
 
     if not args.output:
         raise SamError("--data needs --output, the directory to write the predictions to")
@@ -208,10 +207,9 @@ def predict_dataset(args: argparse.Namespace) -> int:
     started = time.time()
     predictions, rejects = join(args.output, "predictions"), join(args.output, "rejects")
     sink = ScoredSink(args.data, predictions, rejects, args.format)
-    with scoring_job():
-        rows = read_rows(args.data, args.split, require_label=False)
-        # Writes hold no CPU, so they go on beside the scoring actors that hold them all.
-        score_rows(rows, args.model, **_scoring_args(args)).write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    rows = read_rows(args.data, args.split, require_label=False, progress=True)
+    # Writes hold no CPU, so they go on beside the scoring actors that hold them all.
+    score_rows(rows, args.model, progress=True, **_scoring_args(args)).write_datasink(sink, ray_remote_args={"num_cpus": 0})
     report, rows = sink.report, sink.report.rows
     if not rows.kept:
         raise DataError(f"{args.data}: no valid rows ({rows})")
@@ -222,13 +220,13 @@ def predict_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from sam.data import read_rows, summarize, text_sample, valid_only
+    from sam.data import read_rows, survey_rows, text_sample, valid_only
     from sam.tokenizer import train_wordpiece
 
     _init_ray(args)
     rows = read_rows(args.data, "train")
-    summarize(rows, args.data, seed=0)  # the data report, and an error naming a source without valid rows
-    model = config_from_args(args).model
+    survey_rows(rows, args.data, seed=0)  # the data report, and an error naming a source without valid rows
+    model = Config().with_flat(**given_knobs(args)).model
     tokenizer = train_wordpiece(text_sample(valid_only(rows)), model.vocab_size, lowercase=model.lowercase)
     tokenizer.save_pretrained(args.output)
     print(f"{len(tokenizer)}-word WordPiece tokenizer written to {args.output}")
@@ -287,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="parquet directory or URI of the scored transfer set: reused when complete (default: one named "
                               "for the teacher, data, split and augmentation under --storage, else ~/ray_results)")
     add_scoring_arguments(distill)
-    add_config_arguments(distill, sections=("distill", "model", "train", "data", "scale"))
+    add_config_arguments(distill, sections=("distill", "model", "start", "train", "data", "scale"))
     add_monitoring_arguments(distill, register=True)
     distill.set_defaults(run=cmd_train)
 
@@ -308,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", default="~/ray_results", help="local path or URI for trials and checkpoints (default: ~/ray_results)")
     search.add_argument("--name", default=None, help="experiment name under --storage (default: sam-search-<time>)")
     search.add_argument("--resume", action="store_true", help="continue the interrupted search --storage/--name with its stored settings")
-    add_config_arguments(tune, sections=("model", "train", "data", "distill", "scale"))
+    add_config_arguments(tune, sections=("model", "start", "train", "data", "distill", "scale"))
     add_monitoring_arguments(tune, register=True)
     tune.set_defaults(run=cmd_tune)
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sam import SamError
 
@@ -18,6 +18,8 @@ VALIDATION, HOLDOUT = "validation", "holdout"
 CARVED = (VALIDATION, HOLDOUT)
 # Where `sam train` and `sam tune` write a model and `sam evaluate`, `sam predict` and Serve read it.
 DEFAULT_MODEL_DIR = "models/latest"
+# Knobs whose command-line flag reads better under another name: every `sam` command takes its input as --data.
+FLAGS = {"source": "data"}
 # What fine-tuning a pretrained encoder (`init`) changes from the from-scratch defaults, unless given by hand:
 # the recipe measured for MiniLM (docs/experiments.md); from-scratch's lr is ten times what fine-tuning wants.
 # bf16 pays on a GPU only where matmuls are big enough to outweigh autocast's casts: not for the small default encoder.
@@ -25,8 +27,10 @@ FINE_TUNING = {"lr": 5e-5, "warmup_steps": 100, "epochs": 2, "batch_size": 32, "
                "bf16": True}
 # What a `sam distill` (or `sam tune --teacher`) student that starts as its teacher with layers left out (`student`
 # "layers") changes from the from-scratch defaults, unless given by hand: measured on two seeds (docs/experiments.md).
-# Its tokenizer, width, heads and d_ff are the teacher's (`sam.distill.with_teacher_layers`).
-DISTILLING = {"num_layers": 2, "embedding_size": 128, "lr": 1e-4}
+# Its tokenizer, width, heads and d_ff are the teacher's (`sam.resolve.resolve_config`).
+DISTILLING = {"arch": "albert", "num_layers": 2, "embedding_size": 128, "lr": 1e-4}
+# The knobs that say how a model starts: before they had a section of their own they sat under `data`.
+START_KNOBS = ("tokenizer", "init", "init_embeddings", "init_layers")
 
 
 class ConfigError(SamError):
@@ -58,31 +62,46 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    """The encoder's shape. With `init`, the pretrained encoder's own shape wins; max_length still applies."""
+    """The encoder's family and shape. With `init`, the pretrained encoder's own wins; max_length still applies."""
 
+    arch: Literal["bert", "albert", "modernbert"] = _knob(
+        "bert", "encoder family: bert (post-norm) | albert (BERT's layers, each its own, under a token embedding "
+                "factorized to embedding_size) | modernbert (pre-norm, GeGLU, as the Rust/Burn model SAM replaced; pools cls or mean)")
     num_layers: int = _knob(4, "transformer encoder layers", ge=1)
     num_heads: int = _knob(4, "attention heads (must divide d_model)", ge=1)
     d_model: int = _knob(256, "hidden size", ge=1)
     d_ff: int = _knob(1024, "feed-forward size", ge=1)
     dropout: float = _knob(0.1, "dropout on embeddings, attention and feed-forward", ge=0, lt=1)
     max_length: int = _knob(128, "tokens kept per text (longer texts are truncated)", ge=2)
-    norm_first: bool = _knob(False, "pre-layer-norm encoder (ModernBERT's, as the Rust/Burn model SAM replaced); default BERT's post-norm")
-    pooling: Literal["cls", "mean"] = _knob("cls", "text vector for the head: cls (the [CLS] token) | mean (of all tokens; needs norm_first)")
+    pooling: Literal["cls", "mean"] = _knob("cls", "text vector for the head: cls (the [CLS] token) | mean (of all tokens; needs arch modernbert)")
     vocab_size: int = _knob(4000, "vocabulary of a corpus-trained WordPiece tokenizer", ge=100)
-    embedding_size: int = _knob(0, "token embeddings this wide, projected up to d_model (ALBERT's factorized embedding, no layer "
-                                   "sharing): a large vocabulary, such as a pretrained encoder's --tokenizer, in fewer parameters; "
-                                   "0 = d_model", ge=0)
+    embedding_size: int = _knob(0, "with arch albert, token embeddings this wide, projected up to d_model: a large vocabulary, "
+                                   "such as a pretrained encoder's --tokenizer, in fewer parameters (0 for the other families)", ge=0)
     lowercase: bool = _knob(True, "lowercase the corpus-trained WordPiece tokenizer")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_of_a_config_saved_before_arch(cls, values: Any) -> Any:
+        """Before `arch`, two knobs chose the family: norm_first (ModernBERT) and a non-zero embedding_size (ALBERT)."""
+        if isinstance(values, dict) and "arch" not in values and ("norm_first" in values or values.get("embedding_size")):
+            values = dict(values)
+            values["arch"] = "modernbert" if values.pop("norm_first", False) else "albert" if values.get("embedding_size") else "bert"
+        return values
 
     @model_validator(mode="after")
     def _buildable(self) -> "ModelConfig":
         if self.d_model % self.num_heads:
             raise ValueError(f"num_heads {self.num_heads} must divide d_model {self.d_model}")
-        if self.pooling != "cls" and not self.norm_first:
-            raise ValueError(f"pooling {self.pooling} needs norm_first: BERT's classifier pools the [CLS] token only")
-        if self.embedding_size and self.norm_first:
-            raise ValueError(f"embedding_size {self.embedding_size} needs norm_first false: ALBERT's factorized embedding is post-norm")
+        if self.pooling != "cls" and self.arch != "modernbert":
+            raise ValueError(f"pooling {self.pooling} needs arch modernbert: BERT's and ALBERT's classifiers pool the [CLS] token only")
+        if self.arch == "albert" and not self.embedding_size:
+            raise ValueError("arch albert needs an embedding_size: the width of its factorized token embedding")
+        if self.embedding_size and self.arch != "albert":
+            raise ValueError(f"embedding_size {self.embedding_size} needs arch albert: the factorized embedding is ALBERT's")
         return self
+
+
+ARCHS = get_args(ModelConfig.model_fields["arch"].annotation)
 
 
 class TrainConfig(Section):
@@ -104,22 +123,33 @@ class TrainConfig(Section):
 
 
 class DataConfig(Section):
-    data: str = _knob("mteb/tweet_sentiment_extraction", "a file, a directory (train.jsonl or shards), a glob, a URI (s3://...) or a hub name")
+    source: str = _knob("mteb/tweet_sentiment_extraction", "a file, a directory (train.jsonl or shards), a glob, a URI (s3://...) or a hub name",
+                        validation_alias=AliasChoices("source", "data"))  # `data` in a sam_config.json saved before the rename
     val_fraction: float = _knob(0.1, "validation share of each class, carved from train by a seeded hash of each text", gt=0, lt=1)
     holdout_fraction: float = _knob(0.0, "a held-out share of each class, carved after validation and never trained, validated or "
                                          "tuned on: `sam evaluate --split holdout` scores it (0 = none)", ge=0, lt=1)
     limit_train: Optional[int] = _knob(None, "keep a seeded sample of about N valid rows, the same on every run (smoke runs)", ge=2)
-    tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
-    init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
-    init_embeddings: Optional[str] = _knob(None, "pretrained encoder or model directory whose token embeddings start this model's, "
-                                                 "reduced to embedding_size (or d_model) by their principal components; give its --tokenizer too")
-    init_layers: bool = _knob(False, "with init_embeddings, a BERT encoder of this model's d_model, d_ff and heads: this model (with an "
-                                     "embedding_size) also starts from its evenly spaced layers, pooler and head, the first and last kept")
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> "DataConfig":
         if self.val_fraction + self.holdout_fraction >= 1:
             raise ValueError(f"val_fraction {self.val_fraction} and holdout_fraction {self.holdout_fraction} leave no training rows")
+        return self
+
+
+class StartConfig(Section):
+    """How the model starts: from scratch with WordPiece trained on the train texts (the default), as a pretrained
+    encoder (init), or with a pretrained encoder's (or a teacher's) token embeddings and layers."""
+
+    tokenizer: Optional[str] = _knob(None, "HF tokenizer name or directory; default: WordPiece trained on the train texts (vocab_size, lowercase)")
+    init: Optional[str] = _knob(None, "pretrained encoder name or directory to fine-tune instead of training from scratch")
+    init_embeddings: Optional[str] = _knob(None, "pretrained encoder or model directory whose token embeddings start this model's, "
+                                                 "reduced to embedding_size (or d_model) by their principal components; give its --tokenizer too")
+    init_layers: bool = _knob(False, "with init_embeddings, a BERT encoder of this model's d_model, d_ff and heads: this model (arch "
+                                     "albert) also starts from its evenly spaced layers, pooler and head, the first and last kept")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StartConfig":
         if self.init_embeddings and (self.init or not self.tokenizer):
             raise ValueError(f"init_embeddings {self.init_embeddings} needs the tokenizer of the same vocabulary and no init")
         if self.init_layers and not self.init_embeddings:
@@ -165,10 +195,19 @@ class ScaleConfig(Section):
 
 class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
+    start: StartConfig = Field(default_factory=StartConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _start_of_a_config_saved_before_its_section(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "start" not in values and isinstance(values.get("data"), dict):
+            data = dict(values["data"])
+            values = {**values, "data": data, "start": {knob: data.pop(knob) for knob in START_KNOBS if knob in data}}
+        return values
 
     def to_dict(self) -> dict:
         return self.model_dump()
@@ -181,7 +220,7 @@ class Config(Section):
         except ValidationError as error:
             raise ConfigError(error) from None
 
-    def differences(self, other: "Config", sections: tuple[str, ...] = ("model", "train", "data", "distill"),
+    def differences(self, other: "Config", sections: tuple[str, ...] = ("model", "start", "train", "data", "distill"),
                     only: Optional[tuple[str, ...]] = None) -> list[str]:
         """The knobs of `sections` (of those, the ones in `only`, when given) whose values differ, as
         `name: mine -> other`."""
@@ -201,10 +240,10 @@ class Config(Section):
         return Config.from_dict(values)
 
     def with_absolute_paths(self) -> "Config":
-        """A copy whose local paths and globs (data, tokenizer, init, init_embeddings, teacher) are absolute, for code that runs
+        """A copy whose local paths and globs (source, tokenizer, init, init_embeddings, teacher) are absolute, for code that runs
         elsewhere: Tune runs each trial in a working directory of its own. Hub names and URIs stay as they are."""
-        given = {"data": self.data.data, "tokenizer": self.data.tokenizer, "init": self.data.init,
-                 "init_embeddings": self.data.init_embeddings, "teacher": self.distill.teacher}
+        given = {"source": self.data.source, "tokenizer": self.start.tokenizer, "init": self.start.init,
+                 "init_embeddings": self.start.init_embeddings, "teacher": self.distill.teacher}
         local = {knob: value for knob, value in given.items()
                  if value and "://" not in value and (Path(value).expanduser().exists() or any(c in value for c in "*?["))}
         return self.with_flat(**{knob: str(Path(value).expanduser().absolute()) for knob, value in local.items()})
@@ -217,10 +256,10 @@ class Config(Section):
         return cls.from_dict(json.loads(Path(directory, CONFIG_FILE).read_text()))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = ("model", "train", "data", "scale"),
+def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = ("model", "start", "train", "data", "scale"),
                          only: Optional[tuple[str, ...]] = None) -> None:
     """One `--knob-name` option per config field (or per field named in `only`), with its help and default. The
-    values stay text: the config's own validation converts and checks them (`config_from_args`)."""
+    values stay text: the config's own validation converts and checks them (`sam.resolve.resolve_config`)."""
     defaults = Config()
     for section_name in sections:
         section = getattr(defaults, section_name)
@@ -233,21 +272,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
             choices = get_args(knob.annotation) if get_origin(knob.annotation) is Literal else None
             flag = knob.annotation is bool
             group.add_argument(
-                "--" + name.replace("_", "-"),
+                "--" + FLAGS.get(name, name).replace("_", "-"),
                 dest=name,
                 **({"nargs": "?", "const": True} if flag else {}),  # `--use-gpu` alone means true
                 choices=choices,
                 default=argparse.SUPPRESS,
-                metavar="true|false" if flag else None if choices else name.upper(),
+                metavar="true|false" if flag else None if choices else FLAGS.get(name, name).upper(),
                 help=f"{knob.description} (default: {getattr(section, name)}{recipes})",
             )
 
 
-def config_from_args(args: argparse.Namespace, base: Optional[Config] = None) -> Config:
-    """Fields given on the command line override `base`: the defaults, or the fine-tuning recipe with `--init`, or
-    the layered student's with `--teacher` (unless `--student scratch`)."""
-    layered_student = getattr(args, "teacher", None) and getattr(args, "student", "layers") == "layers"
-    recipe = FINE_TUNING if getattr(args, "init", None) else DISTILLING if layered_student else {}
-    base = base or Config().with_flat(**recipe)
-    known = {name for section in base.to_dict().values() for name in section}
-    return base.with_flat(**{k: v for k, v in vars(args).items() if k in known})
+def given_knobs(args: argparse.Namespace) -> dict:
+    """The config knobs set on the command line, by bare name, as text: what `sam.resolve.resolve_config` resolves."""
+    known = {name for section in Config().to_dict().values() for name in section}
+    return {name: value for name, value in vars(args).items() if name in known}

@@ -8,16 +8,18 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 log = logging.getLogger("sam")
 
 # Loggers whose INFO and WARNING lines are a library's internals, not the user's business by default.
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow", "alembic", "filelock", "urllib3")
-# Ray Data's own progress: bars on a terminal, else a line every 10 s (RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL).
-DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+# Ray 2.60 names no public logger for either of these, so their module paths are the only handle:
+# Ray Data's progress when the output is not a terminal, a line every 10 s (RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL),
+# for the datasets that ask for it (batch jobs); and Ray Train's report of every epoch (metrics, checkpoint path),
+# at INFO on a logger named after its file. `ray.init(logging_config=...)` would also drop SAM's own INFO lines.
+DATA_PROGRESS_LOGGER = "ray.data._internal.progress.logging_progress"
+TRAIN_REPORT_LOGGER_FILE = ("train", "v2", "_internal", "execution", "context.py")
 PLAIN_INTERVAL_ENV = "SAM_PROGRESS_INTERVAL_S"
 # Set on the driver, which owns the terminal, and passed to every Ray process of the job, on every node.
 CONSOLE_ENV, VERBOSE_ENV = "SAM_CONSOLE", "SAM_VERBOSE"
@@ -58,6 +60,7 @@ def _quiet_libraries() -> None:
 
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger(DATA_PROGRESS_LOGGER).setLevel(logging.INFO)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # save_pretrained's "Writing model shards" bar per checkpoint
@@ -76,8 +79,7 @@ def quiet_worker() -> None:
     import ray
 
     _quiet_libraries()
-    # Ray Train logs each report (metrics and checkpoint path) at INFO on a logger named after its file.
-    logging.getLogger(os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")).setLevel(logging.WARNING)
+    logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *TRAIN_REPORT_LOGGER_FILE)).setLevel(logging.WARNING)
 
 
 def configure(verbose: bool) -> None:
@@ -151,27 +153,3 @@ class EpochProgress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-_showing_data_progress = False
-
-
-def set_data_progress(context) -> None:
-    """Ray Data's progress for a dataset about to be built: shown inside `data_progress`, else off (in training,
-    a bar per epoch per worker drowns the log)."""
-    context.enable_progress_bars = _showing_data_progress
-
-
-@contextmanager
-def data_progress() -> Iterator[None]:
-    """Ray Data's progress for the datasets built inside: the long batch jobs (`sam predict --data`, `sam evaluate`)."""
-    global _showing_data_progress
-    logger = logging.getLogger(DATA_PROGRESS_LOGGER)
-    saved = _showing_data_progress, logger.level
-    _showing_data_progress = True
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        _showing_data_progress = saved[0]
-        logger.setLevel(saved[1])

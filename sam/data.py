@@ -4,7 +4,6 @@ per-block summaries and a bounded sample for the tokenizer."""
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -24,9 +23,8 @@ import ray
 import ray.data
 
 from sam import LABELS, SamError
-from sam.console import set_data_progress
 from sam.config import HOLDOUT, VALIDATION, Config
-from sam.encoding import MAX_TEXT_CHARS, encode_rows
+from sam.encoding import MAX_TEXT_CHARS
 from sam.storage import ray_data_path
 
 log = logging.getLogger("sam")
@@ -40,7 +38,7 @@ warnings.filterwarnings("ignore", message="The maximum number of concurrent task
 warnings.filterwarnings("ignore", message="`local://` paths in Ray Data are deprecated")
 SPLIT_BINS = 4096  # resolution of the per-class split thresholds: one bin is 1/4096 of a class's rows
 TOKENIZER_SAMPLE = 200_000  # texts the corpus WordPiece learns from, at most
-EXAMPLES = 5  # dropped rows named by file and line in the report
+PROBLEM_EXAMPLES = 5  # dropped rows named by file and line in the report
 
 
 def data_tasks() -> int:
@@ -71,7 +69,7 @@ class LoadReport:
         """Another part's counts added in (a block's, a write task's)."""
         self.kept += other.kept
         self.dropped.update(other.dropped)
-        self.examples = (self.examples + other.examples)[:EXAMPLES]
+        self.examples = (self.examples + other.examples)[:PROBLEM_EXAMPLES]
 
     def __str__(self) -> str:
         text = f"{self.source}: {self.kept} valid rows"
@@ -225,11 +223,17 @@ def list_files(source: str, split: str = "train") -> tuple[pyarrow.fs.FileSystem
 
 
 def read_rows(source: str, split: str = "train", require_label: bool = True,
-              shuffle_seed: Optional[int] = None) -> ray.data.Dataset:
+              shuffle_seed: Optional[int] = None, progress: bool = False) -> ray.data.Dataset:
     """Validated rows (text, label, id, problem, where) from files or a hub name, lazily: nothing is read yet.
     With `shuffle_seed`, files are read in a seeded order, the same on every pass, so a corpus sharded by class
-    still mixes across an epoch without a stage that waits for all of its input."""
-    set_data_progress(ray.data.DataContext.get_current())
+    still mixes across an epoch without a stage that waits for all of its input. `progress`: Ray Data's own
+    progress for the jobs that run it (batch jobs); off for training, where a bar per epoch per worker drowns the log."""
+    rows = _read(source, split, require_label, shuffle_seed)
+    rows.context.enable_progress_bars = progress  # this read's own context, not the process's
+    return rows
+
+
+def _read(source: str, split: str, require_label: bool, shuffle_seed: Optional[int]) -> ray.data.Dataset:
     if _is_hub_name(source):
         import datasets
 
@@ -290,7 +294,7 @@ def _block_summary(batch: pd.DataFrame, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"summary": [json.dumps({
         "kept": len(good),
         "dropped": Counter(bad["problem"]),
-        "examples": [f"{w} {p}" for w, p in zip(bad["where"][:EXAMPLES], bad["problem"][:EXAMPLES])],
+        "examples": [f"{w} {p}" for w, p in zip(bad["where"][:PROBLEM_EXAMPLES], bad["problem"][:PROBLEM_EXAMPLES])],
         "histogram": np.bincount(cells, minlength=len(LABELS) * SPLIT_BINS).tolist(),
     })]})
 
@@ -303,7 +307,7 @@ def valid_only(rows: ray.data.Dataset) -> ray.data.Dataset:
     return rows.map_batches(_valid_rows, batch_format="pandas", **light_tasks())
 
 
-def summarize(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadReport, np.ndarray]:
+def survey_rows(rows: ray.data.Dataset, source: str, seed: int) -> tuple[LoadReport, np.ndarray]:
     """One pass over the rows: the report, and the labelled valid rows' histogram (classes x SPLIT_BINS)."""
     report, histogram = LoadReport(source=source), np.zeros((len(LABELS), SPLIT_BINS), dtype=np.int64)
     try:
@@ -363,12 +367,11 @@ class Split:
     holdout_counts: np.ndarray
 
 
-def train_and_validation(config: Config) -> Split:
+def train_and_validation(config: Config, progress: bool = False) -> Split:
     """The train split's valid rows, split by a seeded hash of each text within its class into validation, the
     held-out part and training: given a model's saved config, `sam evaluate --split validation` (or `holdout`)
     carves the very rows that model was validated (or never trained) on."""
-    rows = read_rows(config.data.data, "train", shuffle_seed=config.train.seed)
-    report, histogram = summarize(rows, config.data.data, config.train.seed)
+    report, histogram = survey_rows(read_rows(config.data.source, "train", progress=progress), config.data.source, config.train.seed)
     cut = limit_bin(histogram, config.data.limit_train)
     histogram[:, cut:] = 0
     if config.data.limit_train is not None:
@@ -380,63 +383,19 @@ def train_and_validation(config: Config) -> Split:
     val_counts, holdout_counts = below[VALIDATION], below[HOLDOUT] - below[VALIDATION]
     train_counts = histogram.sum(1) - below[HOLDOUT]
     if val_counts.sum() == 0 or train_counts.sum() == 0 or (config.data.holdout_fraction and holdout_counts.sum() == 0):
-        raise DataError(f"{config.data.data}: {histogram.sum()} rows leave no training, validation or held-out rows "
+        raise DataError(f"{config.data.source}: {histogram.sum()} rows leave no training, validation or held-out rows "
                         f"at val_fraction {config.data.val_fraction}, holdout_fraction {config.data.holdout_fraction}")
 
     if config.data.holdout_fraction:
         log.info("held out: %d rows, never trained or validated on (sam evaluate --split holdout)", holdout_counts.sum())
 
     def side(name: str) -> ray.data.Dataset:
+        """A read of its own, so that each side's settings (a scoring job's small blocks) stay its own."""
+        rows = read_rows(config.data.source, "train", shuffle_seed=config.train.seed, progress=progress)
         return rows.map_batches(_one_side, batch_format="pandas", **light_tasks(),
                                 fn_kwargs={"seed": config.train.seed, "edges": edges, "cut": cut, "side": name})
 
     return Split(side(TRAIN), side(VALIDATION), side(HOLDOUT), report, train_counts, val_counts, holdout_counts)
-
-
-MASK = "[MASK]"  # the BERT-family mask token: the teacher's and the corpus tokenizer's vocabularies both have it
-P_MASK, P_REPLACE, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al. 2019's rates
-
-
-REPLACEMENT_WORDS = 5000  # the most frequent training words, the pool a replaced word is drawn from
-
-
-def augment_text(text: str, rng: np.random.Generator, words: list[str]) -> str:
-    """One augmented copy (Tang et al. 2019): each word masked or swapped for a word of `words` with probability
-    0.1 each, then, a quarter of the time, only a random n-gram (n of 1 to 5) of the result kept."""
-    tokens = text.split() or [text]
-    for i, draw in enumerate(rng.random(len(tokens))):
-        if draw < P_MASK:
-            tokens[i] = MASK
-        elif draw < P_MASK + P_REPLACE and words:
-            tokens[i] = words[rng.integers(len(words))]
-    if rng.random() < P_NGRAM and len(tokens) > 1:
-        n = int(rng.integers(1, min(MAX_NGRAM, len(tokens)) + 1))
-        start = int(rng.integers(0, len(tokens) - n + 1))
-        tokens = tokens[start : start + n]
-    return " ".join(tokens)
-
-
-def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int, words: list[str]) -> pd.DataFrame:
-    """Each row, then `copies` augmented copies of it with its label; seeded by the row's text, so the same
-    transfer set comes out whatever the blocks."""
-    texts, labels = [], []
-    for text, label in zip(batch["text"], batch["label"]):
-        rng = np.random.default_rng([seed, int(split_key([text], seed)[0] * 2**32)])
-        texts += [text] + [augment_text(text, rng, words) for _ in range(copies)]
-        labels += [label] * (copies + 1)
-    return pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64)})
-
-
-def replacement_words(train: ray.data.Dataset) -> list[str]:
-    """The training sample's most frequent words, sorted: the same pool for every block and run."""
-    counts = Counter(word for text in text_sample(train) for word in text.split())
-    return sorted(word for word, _ in counts.most_common(REPLACEMENT_WORDS))
-
-
-def transfer_rows(train: ray.data.Dataset, copies: int, seed: int) -> ray.data.Dataset:
-    """The distillation transfer set: the training rows and `copies` augmented copies of each."""
-    return train.map_batches(_with_augmented_copies, batch_format="pandas", **light_tasks(),
-                             fn_kwargs={"copies": copies, "seed": seed, "words": replacement_words(train)})
 
 
 def text_sample(rows: ray.data.Dataset, limit: int = TOKENIZER_SAMPLE) -> Iterator[str]:
@@ -449,7 +408,7 @@ def load_frame(source: str, split: str = "train", limit: Optional[int] = None) -
     """Valid rows (text, label; at most `limit`, in no set order) as one pandas frame on the driver, for small sets
     (benchmarks, tests)."""
     rows = read_rows(source, split)
-    report, _ = summarize(rows, source, seed=0)
+    report, _ = survey_rows(rows, source, seed=0)
     valid = valid_only(rows)
     frame = (valid.limit(limit) if limit else valid).to_pandas()
     return frame[["text", "label"]].reset_index(drop=True), report
@@ -459,80 +418,3 @@ def class_weights(counts: np.ndarray) -> list[float]:
     """Inverse class frequency from rows per class, normalised so a balanced set gets all ones."""
     counts = np.asarray(counts, dtype=float)
     return (counts.sum() / (len(LABELS) * np.maximum(counts, 1))).tolist()
-
-
-def tokenize(rows: ray.data.Dataset, tokenizer, max_length: int) -> ray.data.Dataset:
-    """Token ids and labels, computed as training consumes them (the Rust tokenizer travels to the tasks: it
-    unpickles without importing transformers)."""
-    return rows.map_batches(encode_rows, batch_format="pandas", **light_tasks(),
-                            fn_kwargs={"tokenizer": tokenizer.backend_tokenizer, "max_length": max_length})
-
-
-@dataclass
-class PreparedData:
-    train: ray.data.Dataset
-    val: ray.data.Dataset
-    tokenizer: object
-    class_weights: list[float]
-    n_train: int
-    n_val: int
-    report: LoadReport
-    materialized: bool = False
-
-
-def tokenized_mb(rows: int, max_length: int) -> float:
-    """An upper bound on the tokenized rows' size: every row at `max_length` int64 ids, plus its label and Arrow's
-    per-row offsets."""
-    return rows * (max_length * 8 + 64) / 2**20
-
-
-def materialize_budget_mb(setting_mb: float) -> float:
-    """`materialize_mb`, but never more than a quarter of the cluster's object store, which also holds each
-    epoch's blocks in flight."""
-    store_mb = ray.cluster_resources().get("object_store_memory", 0) / 2**20
-    return min(setting_mb, store_mb / 4)
-
-
-def materialize_if_small(data: PreparedData, max_length: int, setting_mb: float) -> PreparedData:
-    """Tokenized once for the run when both splits fit the budget, so every epoch's first batch comes from the
-    object store at once; streamed (read, validated and tokenized as each epoch consumes it) otherwise."""
-    size_mb, budget_mb = tokenized_mb(data.n_train + data.n_val, max_length), materialize_budget_mb(setting_mb)
-    if size_mb > budget_mb:
-        log.info("tokenized splits: up to %.0f MB, over the %.0f MB budget (materialize_mb %g): streamed every epoch",
-                 size_mb, budget_mb, setting_mb)
-        return data
-    log.info("tokenized splits: up to %.0f MB, within the %.0f MB budget (materialize_mb %g): tokenized once for the run",
-             size_mb, budget_mb, setting_mb)
-    return dataclasses.replace(data, train=data.train.materialize(), val=data.val.materialize(), materialized=True)
-
-
-def prepare(config: Config, transfer: Optional[str] = None, root: Optional[str] = None, **scoring) -> PreparedData:
-    """Read, validate, split and tokenize as one lazy Ray Data pipeline; the driver holds only the report, the
-    class counts and the tokenizer (trained on a bounded sample of the training texts). With a teacher
-    (`sam distill`), the model trains on its scored transfer set instead: in `transfer` (a path or URI), or by
-    default in a directory named for what it holds under `root` (default ~/ray_results), scored by `scoring`'s
-    actors once. Small splits are then tokenized once for the run (`materialize_if_small`)."""
-    from sam.tokenizer import tokenizer_for  # here, not at the top: Ray Data's tasks import this module
-
-    if not config.distill.teacher:
-        split = train_and_validation(config)
-        rows, count = split.train, int(split.train_counts.sum())
-    else:
-        from sam.distill import build_transfer_set, check_teacher_split, transfer_location  # distill builds on this module
-        from sam.predict import scoring_job
-
-        check_teacher_split(config)
-        with scoring_job():  # the split built within, in small blocks, so that a corpus of one file keeps every teacher replica busy
-            split = train_and_validation(config)
-            scored = build_transfer_set(config, split, transfer_location(config, transfer, root), **scoring)
-        rows, count = scored.rows, scored.count
-    tokenizer = tokenizer_for(config, text_sample(split.train))
-    return materialize_if_small(PreparedData(
-        train=tokenize(rows, tokenizer, config.model.max_length),
-        val=tokenize(split.val, tokenizer, config.model.max_length),
-        tokenizer=tokenizer,
-        class_weights=class_weights(split.train_counts),
-        n_train=count,
-        n_val=int(split.val_counts.sum()),
-        report=split.report,
-    ), config.model.max_length, config.scale.materialize_mb)

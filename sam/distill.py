@@ -11,14 +11,21 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from collections import Counter
+
+import numpy as np
+import pandas as pd
 import ray.data
-from transformers import AutoConfig
 
 from sam import SamError
-from sam.config import CONFIG_FILE, Config
-from sam.data import Split, transfer_rows
-from sam.predict import SCORER, WEIGHTS_FILES, score_rows
-from sam.storage import delete_dir, exists, join, local_model_dir, ray_data_path, read_text, redact, resolve, write_text
+from sam.config import Config
+from sam.data import Split, light_tasks, split_key, text_sample, train_and_validation
+from sam.locations import local_model_dir
+from sam.predict import WEIGHTS_FILES
+from sam.prepare import PreparedData, prepared
+from sam.resolve import teacher_config
+from sam.scoring import SCORER, score_rows
+from sam.storage import delete_dir, exists, join, ray_data_path, read_text, redact, resolve, write_text
 
 log = logging.getLogger("sam")
 
@@ -26,19 +33,56 @@ TRANSFER_ROOT = "~/ray_results"  # without --storage
 MANIFEST = "manifest.json"  # written last: what the set was built from and how many rows it holds
 
 
+MASK = "[MASK]"  # the BERT-family mask token: the teacher's and the corpus tokenizer's vocabularies both have it
+P_MASK, P_REPLACE, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al. 2019's rates
+
+
+REPLACEMENT_WORDS = 5000  # the most frequent training words, the pool a replaced word is drawn from
+
+
+def augment_text(text: str, rng: np.random.Generator, words: list[str]) -> str:
+    """One augmented copy (Tang et al. 2019): each word masked or swapped for a word of `words` with probability
+    0.1 each, then, a quarter of the time, only a random n-gram (n of 1 to 5) of the result kept."""
+    tokens = text.split() or [text]
+    for i, draw in enumerate(rng.random(len(tokens))):
+        if draw < P_MASK:
+            tokens[i] = MASK
+        elif draw < P_MASK + P_REPLACE and words:
+            tokens[i] = words[rng.integers(len(words))]
+    if rng.random() < P_NGRAM and len(tokens) > 1:
+        n = int(rng.integers(1, min(MAX_NGRAM, len(tokens)) + 1))
+        start = int(rng.integers(0, len(tokens) - n + 1))
+        tokens = tokens[start : start + n]
+    return " ".join(tokens)
+
+
+def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int, words: list[str]) -> pd.DataFrame:
+    """Each row, then `copies` augmented copies of it with its label; seeded by the row's text, so the same
+    transfer set comes out whatever the blocks."""
+    texts, labels = [], []
+    for text, label in zip(batch["text"], batch["label"]):
+        rng = np.random.default_rng([seed, int(split_key([text], seed)[0] * 2**32)])
+        texts += [text] + [augment_text(text, rng, words) for _ in range(copies)]
+        labels += [label] * (copies + 1)
+    return pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64)})
+
+
+def replacement_words(train: ray.data.Dataset) -> list[str]:
+    """The training sample's most frequent words, sorted: the same pool for every block and run."""
+    counts = Counter(word for text in text_sample(train) for word in text.split())
+    return sorted(word for word, _ in counts.most_common(REPLACEMENT_WORDS))
+
+
+def transfer_rows(train: ray.data.Dataset, copies: int, seed: int) -> ray.data.Dataset:
+    """The distillation transfer set: the training rows and `copies` augmented copies of each."""
+    return train.map_batches(_with_augmented_copies, batch_format="pandas", **light_tasks(),
+                             fn_kwargs={"copies": copies, "seed": seed, "words": replacement_words(train)})
+
+
 @dataclass
 class Transfer:
     rows: ray.data.Dataset  # text, label, teacher_logits and the replica that scored the row
     count: int
-
-
-def teacher_config(config: Config) -> Config:
-    """The config the teacher was trained with, saved in its model directory (a URI is fetched into this node's cache)."""
-    directory = local_model_dir(config.distill.teacher)
-    if not (directory / CONFIG_FILE).is_file():
-        raise SamError(f"teacher {config.distill.teacher}: not a SAM model directory (no {CONFIG_FILE}), so its split "
-                       "cannot be checked against this run's validation rows")
-    return Config.load(directory)
 
 
 def check_teacher_split(config: Config) -> None:
@@ -52,27 +96,11 @@ def check_teacher_split(config: Config) -> None:
                          f"this run with {mine}: give the same, so that it never trained on this run's validation rows")
 
 
-def with_teacher_layers(config: Config) -> Config:
-    """A layered student (`student` "layers", the default) starts as its teacher with layers left out, so it takes
-    the teacher's tokenizer and token embeddings and the width, heads and d_ff its layers need: as with `init`, the
-    teacher's shape wins over the configured one. A scratch student, or a run without a teacher, is left as it is."""
-    if not config.distill.teacher or config.distill.student != "layers":
-        return config
-    teacher = config.distill.teacher
-    shape = teacher_config(config).model
-    kind = AutoConfig.from_pretrained(local_model_dir(teacher)).model_type
-    if kind != "bert":
-        raise SamError(f"teacher {teacher}: a {kind} encoder, whose layers cannot start a student's (BERT's only): "
-                       "give --student scratch")
-    return config.with_flat(tokenizer=teacher, init_embeddings=teacher, init_layers=True, d_model=shape.d_model,
-                            num_heads=shape.num_heads, d_ff=shape.d_ff)
-
-
 def transfer_key(config: Config) -> dict:
     """What a transfer set depends on: the teacher's weights (not its path), the data, the split, the augmentation."""
     teacher = local_model_dir(config.distill.teacher)
     weights = hashlib.sha256(next(teacher / f for f in WEIGHTS_FILES if (teacher / f).is_file()).read_bytes()).hexdigest()
-    return {"teacher_weights": weights, "data": config.with_absolute_paths().data.data, "limit": config.data.limit_train,
+    return {"teacher_weights": weights, "data": config.with_absolute_paths().data.source, "limit": config.data.limit_train,
             "val_fraction": config.data.val_fraction, "holdout_fraction": config.data.holdout_fraction, "seed": config.train.seed, "augment": config.distill.augment}
 
 
@@ -82,11 +110,10 @@ def transfer_dir(config: Config, root: str) -> str:
 
 
 def build_transfer_set(config: Config, split: Split, directory: str, actors: int = 1, gpus_per_actor: float = 0.0,
-                       quantize: bool = False) -> Transfer:
+                       quantize: bool = False, progress: bool = False) -> Transfer:
     """The training rows and their augmented copies with the teacher's logits, scored once by a pool of teacher
     replicas and streamed to parquet in `directory` (a local path or a URI); a complete set for the same key is
-    reused. Give it a `split` built within `scoring_job()`, so that every replica gets work. Each writer writes a
-    part of its own and the manifest, written last, names the part that holds the set: two runs (or trials)
+    reused. Each writer writes a part of its own and the manifest, written last, names the part that holds the set: two runs (or trials)
     building the same set at once never mix their rows, on any storage."""
     key, manifest_path = transfer_key(config), join(directory, MANIFEST)
     if not exists(manifest_path):
@@ -94,7 +121,7 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
         log.info("scoring the transfer set with teacher %s into %s", redact(config.distill.teacher), redact(directory))
         rows = transfer_rows(split.train, config.distill.augment, config.train.seed)
         scored = score_rows(rows, config.distill.teacher, actors=actors, gpus_per_actor=gpus_per_actor, quantize=quantize,
-                            with_logits=True)
+                            with_logits=True, progress=progress)
         try:
             scored.select_columns(["text", "true_label", "logits", SCORER]) \
                 .rename_columns({"true_label": "label", "logits": "teacher_logits"}) \
@@ -116,3 +143,16 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
 def transfer_location(config: Config, transfer: str | None = None, root: str | None = None) -> str:
     """`transfer` when given, else a directory named for what the set holds under `root` (default ~/ray_results)."""
     return resolve(transfer) if transfer else transfer_dir(config, root or TRANSFER_ROOT)
+
+
+def prepare_distilled(config: Config, transfer: str | None = None, root: str | None = None, budget_share: float = 1.0,
+                      **scoring) -> PreparedData:
+    """`sam.prepare.prepare` for a student: it trains on its teacher's scored transfer set, in `transfer` (a path
+    or URI) or by default in a directory named for what it holds under `root` (default ~/ray_results), scored
+    once by `scoring`'s actors (`build_transfer_set`'s options; `progress` only on the driver, whose console
+    owns it: in a Ray worker, Ray Data's bars travel to the driver as terminal codes even when it is piped); it
+    validates on the split's validation side, as its teacher did. `budget_share` as for `sam.prepare.prepare`."""
+    check_teacher_split(config)
+    split = train_and_validation(config)
+    scored = build_transfer_set(config, split, transfer_location(config, transfer, root), **scoring)
+    return prepared(config, split, scored.rows, scored.count, budget_share)

@@ -24,14 +24,14 @@ from transformers import (
 
 from sam import LABELS, SamError
 from sam.config import Config, ModelConfig
-from sam.storage import local_model_dir
+from sam.locations import local_model_dir
 
 LABEL_MAPS = {"id2label": dict(enumerate(LABELS)), "label2id": {name: i for i, name in enumerate(LABELS)}}
 
 
 def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A fresh encoder: BERT's post-norm; ModernBERT's pre-norm when `norm_first` (the one whose `transformers`
-    class also pools by mean); ALBERT's when `embedding_size` factorizes the embedding, each layer its own."""
+    """A fresh encoder of the config's `arch`: BERT's post-norm; ModernBERT's pre-norm (the one whose `transformers`
+    class also pools by mean); ALBERT's, its token embedding factorized to `embedding_size`, each layer its own."""
     shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=config.d_model,
@@ -42,7 +42,7 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
         num_labels=len(LABELS),
         **LABEL_MAPS,
     )
-    if config.norm_first:
+    if config.arch == "modernbert":
         specials = dict(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
         return ModernBertForSequenceClassification(ModernBertConfig(
@@ -53,7 +53,7 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreT
             embedding_dropout=config.dropout, attention_dropout=config.dropout, mlp_dropout=config.dropout,
             classifier_dropout=config.dropout, classifier_pooling=config.pooling, **specials, **shape,
         ))
-    if config.embedding_size:
+    if config.arch == "albert":
         return AlbertForSequenceClassification(AlbertConfig(
             embedding_size=config.embedding_size, num_hidden_groups=config.num_layers,  # one group per layer: none shared
             intermediate_size=config.d_ff, hidden_act="gelu", hidden_dropout_prob=config.dropout,
@@ -90,23 +90,23 @@ def check_embeddings_source(config: Config, vocabulary: int) -> None:
     """Before any worker starts, from the source's config alone: it must share the tokenizer's vocabulary and be at
     least as wide (ALBERT's token embeddings are `embedding_size` wide, not `hidden_size`); with `init_layers`, a
     BERT encoder of the model's own layer shape and at least its layers."""
-    source, model = config.data.init_embeddings, config.model
+    source, model = config.start.init_embeddings, config.model
     shape = AutoConfig.from_pretrained(local_model_dir(source))
     _refuse_unless_fits(source, (shape.vocab_size, getattr(shape, "embedding_size", None) or shape.hidden_size),
                         (vocabulary, model.embedding_size or model.d_model))
-    if not config.data.init_layers:
+    if not config.start.init_layers:
         return
     theirs = (shape.model_type, shape.hidden_size, getattr(shape, "intermediate_size", None), shape.num_attention_heads,
               getattr(shape, "hidden_act", None), getattr(shape, "layer_norm_eps", None))
     mine = ("bert", model.d_model, model.d_ff, model.num_heads, "gelu", AlbertConfig().layer_norm_eps)
     longest = getattr(shape, "max_position_embeddings", 0)
     if (theirs != mine or shape.num_hidden_layers < model.num_layers or longest < model.max_length
-            or not model.embedding_size or model.norm_first):
+            or model.arch != "albert"):
         raise SamError(f"init_layers from {source}: a {theirs[0]} encoder of {shape.num_hidden_layers} layers (d_model "
                        f"{theirs[1]}, d_ff {theirs[2]}, {theirs[3]} heads, {theirs[4]}, layer norm eps {theirs[5]}, "
                        f"{longest} positions) cannot start {model.num_layers} ALBERT layers of d_model {model.d_model}, "
                        f"d_ff {model.d_ff}, {model.num_heads} heads, gelu, eps {mine[5]}, {model.max_length} positions: "
-                       "give its shape, at most its layers and positions, and an embedding_size")
+                       "give its shape, at most its layers and positions, and arch albert")
 
 
 def start_from_embeddings(model: PreTrainedModel, source: str, layers: bool = False) -> None:
@@ -162,16 +162,6 @@ def start_from_layers(model: AlbertForSequenceClassification, teacher: PreTraine
     student.pooler.load_state_dict(source.pooler.dense.state_dict())
     if hasattr(teacher, "classifier"):
         model.classifier.load_state_dict(teacher.classifier.state_dict())
-
-
-def with_pretrained_shape(config: Config) -> Config:
-    """With `init`, the config with the pretrained encoder's own shape, so that a model directory's sam_config.json
-    says what it holds (MiniLM: 6 layers of 384, not the default 4 of 256); max_length stays the run's."""
-    if not config.data.init:
-        return config
-    shape = AutoConfig.from_pretrained(local_model_dir(config.data.init))
-    return config.with_flat(num_layers=shape.num_hidden_layers, num_heads=shape.num_attention_heads, d_model=shape.hidden_size,
-                            d_ff=getattr(shape, "intermediate_size", config.model.d_ff), vocab_size=shape.vocab_size)
 
 
 def summary(model: torch.nn.Module) -> str:

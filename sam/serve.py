@@ -21,11 +21,12 @@ from ray.serve import Application
 from ray.serve.metrics import Counter, Histogram
 
 from sam import LABELS
-from sam.api import (EXAMPLES, MAX_TEXTS, BatchPrediction, Health, ModelInfo, Prediction, PredictRequest, SingleRequest,
+from sam.api import (OPENAPI_EXAMPLES, MAX_TEXTS, BatchPrediction, Health, ModelInfo, Prediction, PredictRequest, SingleRequest,
                      ValidationDetail, api)
 from sam.config import DEFAULT_MODEL_DIR
 from sam.predict import ModelDirError, Predictor, check_model_dir
-from sam.storage import is_model_uri, model_location
+from sam.locations import model_location
+from sam.storage import is_model_uri
 from sam.tracking import URI_ENV, tracking_uri
 
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -107,7 +108,7 @@ class SentimentDeployment:
             422: {"model": ValidationDetail, "description": "The body is not JSON, or not one of the two forms"},
         },
     )
-    async def predict(self, request: Annotated[PredictRequest, Body(openapi_examples=EXAMPLES)]) -> dict:
+    async def predict(self, request: Annotated[PredictRequest, Body(openapi_examples=OPENAPI_EXAMPLES)]) -> dict:
         """`{"text": ...}` gives one prediction; `{"texts": [...]}` gives `{"predictions": [...]}` in order."""
         if isinstance(request, SingleRequest):
             return await self.predict_one(request.text)

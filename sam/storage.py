@@ -1,25 +1,17 @@
 """Where SAM reads and writes: a local path or any URI pyarrow opens (s3://, gs://, hdfs://, file://), the same
-way in every stage. Writes go through pyarrow filesystems; a model directory on object storage is fetched once
-per node into a local cache keyed by its listing, so a changed model is fetched again."""
+way in every stage. Writes go through pyarrow filesystems; where a model directory is found is sam.locations."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import pyarrow.fs
-from filelock import FileLock
 
 from sam import SamError
 
 PYARROW_SCHEMES = {"file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-CACHE_ENV, DEFAULT_CACHE = "SAM_CACHE_DIR", "~/.cache/sam/models"
 # Credentials a URI can carry: `s3://KEY:SECRET@bucket/...` and `?secret_key=...&session_token=...`.
 USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
 SECRET_QUERY = re.compile(r"((?:access_key|secret_key|session_token|token|password)=)[^&]*", re.IGNORECASE)
@@ -122,75 +114,7 @@ def ray_data_path(path: str | Path) -> str:
     return resolve(path) if is_uri(path) else f"local://{resolve(path)}"
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE)).expanduser()
-
-
-def local_model_dir(path: str | Path) -> Path:
-    """A model directory to load from: a local one as it is; one on object storage fetched into this node's
-    cache, once for each version (its files' names, sizes and modification times), reused afterwards; a registered
-    model (`models:/NAME/VERSION`, `models:/NAME@ALIAS`) from where MLflow keeps that version's files."""
-    if is_model_uri(path):
-        return _registered_model_dir(str(path))
-    if not is_uri(path):
-        return Path(path).expanduser()
-    files = listing(path)
-    if not files:
-        raise StorageError(f"{redact(path)}: no such model directory")
-    fs, inner = filesystem(path)
-    version = hashlib.sha256(repr([(f.path, f.size, f.mtime_ns) for f in files]).encode()).hexdigest()[:16]
-    where = hashlib.sha256(redact(resolve(path)).encode()).hexdigest()[:12]
-    cached = cache_root() / f"{inner.rstrip('/').rsplit('/', 1)[-1]}-{where}-{version}"
-
-    def fetch(staging: Path) -> Path:
-        local_fs = pyarrow.fs.LocalFileSystem()
-        for file in files:
-            target = staging / file.path[len(inner.rstrip("/")) + 1:]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            pyarrow.fs.copy_files(file.path, str(target), source_filesystem=fs, destination_filesystem=local_fs)
-        return staging
-
-    return _fill_once(cached, fetch)
-
-
-def _fill_once(cached: Path, fill: Callable[[Path], Path]) -> Path:
-    """`cached`, filled by `fill` (given an empty staging directory, it returns the directory to keep) unless
-    it is there already; replicas and actors on one node fill it once between them, and a failed fill leaves
-    nothing behind."""
-    if cached.is_dir():
-        return cached
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{cached}.lock"):
-        if not cached.is_dir():
-            staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
-            try:
-                fill(staging).rename(cached)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return cached
-
-
-def model_location(path: str | Path) -> str:
-    """A model directory as every Ray process of a job finds it: a URI as given, a local path made absolute, a
-    registered model pinned to the version it names now (an alias moved mid-job changes nothing)."""
-    if is_model_uri(path):
-        from sam.tracking import pinned
-
-        return pinned(str(path))
-    return resolve(path)
-
-
 def readable_here(source: str) -> bool:
     """A local path or a URI pyarrow opens; MLflow's own `mlflow-artifacts:` and `dbfs:` are neither."""
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", source)
     return scheme is None or scheme[1].lower() in PYARROW_SCHEMES or len(scheme[1]) == 1  # C:\ is a path
-
-
-def _registered_model_dir(uri: str) -> Path:
-    from sam.tracking import download_model, model_source
-
-    source = model_source(uri)
-    if readable_here(source):
-        return local_model_dir(source)
-    cached = cache_root() / f"mlflow-{hashlib.sha256(source.encode()).hexdigest()[:16]}"
-    return _fill_once(cached, lambda staging: download_model(source, staging))

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from sam import SamError
 from sam.config import Config
-from sam.storage import local_model_dir
+from sam.locations import local_model_dir
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = False) -> PreTrainedTokenizerFast:
@@ -43,8 +43,8 @@ def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
 def tokenizer_for(config: Config, train_texts: Iterable[str]) -> PreTrainedTokenizerBase:
     """A fine-tuned encoder's own tokenizer, else the one named by `tokenizer`, else WordPiece trained on the
     train texts: the default needs no network, so a run gives the same model on any machine."""
-    if config.data.init:
-        return load_tokenizer(config.data.init)
-    if config.data.tokenizer:
-        return load_tokenizer(config.data.tokenizer)
+    if config.start.init:
+        return load_tokenizer(config.start.init)
+    if config.start.tokenizer:
+        return load_tokenizer(config.start.tokenizer)
     return train_wordpiece(train_texts, config.model.vocab_size, config.model.lowercase)

@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 
 import ray.train
 
+from sam.config import FLAGS
 from sam.storage import StorageError
 
 log = logging.getLogger("sam")
@@ -54,7 +55,8 @@ def client(uri: Optional[str] = None):
 
 
 def flat_params(config) -> dict:
-    return {name: value for section in config.to_dict().values() for name, value in section.items()}
+    """The config's knobs by the names of their command-line flags (`--data` for the source)."""
+    return {FLAGS.get(name, name): value for section in config.to_dict().values() for name, value in section.items()}
 
 
 def _git_commit() -> Optional[str]:
@@ -70,11 +72,11 @@ def run_tags(config, report=None) -> dict:
     import ray
     import torch
 
-    tags = {"sam.source": config.data.data, "sam.split_seed": config.train.seed, "sam.val_fraction": config.data.val_fraction,
+    tags = {"sam.source": config.data.source, "sam.split_seed": config.train.seed, "sam.val_fraction": config.data.val_fraction,
             "sam.holdout_fraction": config.data.holdout_fraction,
             "ray_version": ray.__version__, "torch_version": torch.__version__}
-    if config.data.init:
-        tags["sam.init"] = config.data.init
+    if config.start.init:
+        tags["sam.init"] = config.start.init
     if config.distill.teacher:
         tags["sam.teacher"] = config.distill.teacher
     if report is not None:
@@ -131,10 +133,9 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, step) for k, v in _numeric(metrics).items()])
 
     def log_model(self, run_id: str, model_dir: str) -> None:
-        """The exported model directory, as it is on disk (a standard Hugging Face directory), under `model/`."""
-        from sam.storage import local_model_dir
-
-        self.client.log_artifacts(run_id, str(local_model_dir(model_dir)), MODEL_ARTIFACT)
+        """The exported model directory, a local one as it is on disk (a standard Hugging Face directory), under
+        `model/`."""
+        self.client.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)
 
     def register(self, run_id: str, name: str) -> str:
         """The run's `model/` artifact as a new version of `name`; returns `models:/NAME/VERSION`."""
@@ -241,19 +242,6 @@ def registered_version(uri: str) -> tuple[str, str, str]:
         return name, str(version), mlflow_client.get_model_version_download_uri(name, version)
     except MlflowException as error:
         raise TrackingError(f"{uri}: {error.message} (tracking URI {tracking_uri() or 'unset'})") from None
-
-
-def model_source(uri: str) -> str:
-    return registered_version(uri)[2]
-
-
-def pinned(uri: str) -> str:
-    """A registered model as every process of a job finds the same files: the version's files when storage reads
-    them (a local path, s3://...), else `models:/NAME/VERSION`, which each node downloads through MLflow."""
-    from sam.storage import readable_here
-
-    name, version, source = registered_version(uri)
-    return source if readable_here(source) else f"models:/{name}/{version}"
 
 
 def download_model(source: str, destination: Path) -> Path:

@@ -25,9 +25,10 @@ from sam import SamError, checkpoint
 from sam.batching import collate, epoch_batches
 from sam.console import EpochProgress, ProgressSettings
 from sam.config import CONFIG_FILE, Config, ScaleConfig
-from sam.data import PreparedData, prepare
+from sam.prepare import PreparedData, prepare
 from sam.learner import EpochStats, Learner, Predictions, autocast, to_device, warmup_steps
-from sam.models import build_model, check_embeddings_source, load_pretrained, start_from_embeddings, summary, with_pretrained_shape
+from sam.locations import local_model_dir
+from sam.models import build_model, check_embeddings_source, load_pretrained, start_from_embeddings, summary
 from sam.tracking import EpochLogger, Tracker, flat_params, run_tags
 from sam.storage import exists, is_uri, join, read_text, redact, resolve, write_text
 
@@ -78,9 +79,9 @@ def build_or_restore(config: Config, loop_config: dict, device: torch.device) ->
         model, progress = restored.model, restored.progress
         progress["restored_from_epoch"] = progress["epoch"]
     else:
-        model = load_pretrained(config.data.init) if config.data.init else build_model(config.model, loop_config["tokenizer"])
-        if config.data.init_embeddings:
-            start_from_embeddings(model, config.data.init_embeddings, layers=config.data.init_layers)
+        model = load_pretrained(config.start.init) if config.start.init else build_model(config.model, loop_config["tokenizer"])
+        if config.start.init_embeddings:
+            start_from_embeddings(model, config.start.init_embeddings, layers=config.start.init_layers)
         progress = new_progress()
     if ray.train.get_context().get_world_rank() == 0:
         log.info("%s", summary(model))  # logged, not printed: Ray Train tees and logs a print, showing it twice
@@ -174,7 +175,7 @@ def train_func(loop_config: dict) -> None:
     for epoch in range(progress["epoch"], config.train.epochs):
         batches = epoch_batches(ray.train.get_dataset_shard("train"), config.train, epoch, tokenizer.pad_token_id)
         stats = EpochStats()
-        with EpochProgress(epoch + 1, config.train.epochs, per_epoch, loop_config["progress"], shown=rank_0) as shown:
+        with EpochProgress(epoch + 1, config.train.epochs, per_epoch, loop_config["display"], shown=rank_0) as shown:
             for batch in stats.timed(batches):
                 stats.add(train_step(learner, to_device(batch, learner.device)), len(batch["labels"]))
                 progress["step"] += 1
@@ -195,10 +196,10 @@ def scaling_config(scale: ScaleConfig) -> ScalingConfig:
                          placement_strategy=scale.placement_strategy)
 
 
-def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, progress: ProgressSettings | None = None) -> TorchTrainer:
-    """`progress`: how rank 0 shows each epoch (default: as this process's console wants it)."""
-    config = with_pretrained_shape(config)
-    if config.data.init_embeddings:
+def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, display: ProgressSettings | None = None) -> TorchTrainer:
+    """A trainer of `config` as `sam.resolve.resolve_config` gave it, over `data`; `display`: how rank 0 shows each
+    epoch (default: as this process's console wants it)."""
+    if config.start.init_embeddings:
         check_embeddings_source(config, len(data.tokenizer))
     return TorchTrainer(
         train_func,
@@ -207,7 +208,7 @@ def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, prog
             "tokenizer": data.tokenizer,
             "class_weights": data.class_weights,
             "steps_per_epoch": steps_per_epoch(config, data.n_train),
-            "progress": progress or ProgressSettings.here(),
+            "display": display or ProgressSettings.here(),
         },
         torch_config=TorchConfig(backend=config.scale.torch_backend),
         scaling_config=scaling_config(config.scale),
@@ -271,17 +272,17 @@ def train(config: Config, output: str | Path, storage: str | None = None, name: 
              per_epoch, warmup_steps(config.train, per_epoch * config.train.epochs), config.train.lr,
              per_epoch * config.train.epochs)
     run_id = tracked.start(name, flat_params(config), run_tags(config, data.report)) if tracked else None
-    progress = ProgressSettings.here()
+    display = ProgressSettings.here()
     run_config = RunConfig(
         name=name,
         storage_path=resolve(storage or DEFAULT_STORAGE),
         checkpoint_config=checkpoint_config(),
         failure_config=FailureConfig(max_failures=max_failures),
         callbacks=[EpochLogger(tracked.uri, run_id)] if tracked else None,
-        logging_config=LoggingConfig(log_level=progress.train_log_level),
+        logging_config=LoggingConfig(log_level=display.train_log_level),
     )
     with tracked.running(run_id) if tracked else nullcontext():
-        result = make_trainer(config, data, run_config, progress).fit()
+        result = make_trainer(config, data, run_config, display).fit()
         best = result.get_best_checkpoint(metric=SELECT_METRIC, mode=SELECT_MODE)
         metrics = checkpoint.export(best, output, {
             "n_train": data.n_train, "n_val": data.n_val, "dropped_rows": dict(data.report.dropped),
@@ -299,7 +300,7 @@ def finish_tracking(tracked: Tracker, run_id: str, metrics: dict, output: str | 
     where the run (and the version) can be found."""
     tracked.log_metrics(run_id, {f"best_{k}": metrics[k] for k in ("val_accuracy", "val_macro_f1", "val_loss")}
                         | {"best_epoch": metrics["best_epoch"], "wall_s": metrics["wall_s"]})
-    tracked.log_model(run_id, str(output))
+    tracked.log_model(run_id, str(local_model_dir(output)))
     found = {"mlflow_run_id": run_id}
     if register:
         found["registered"] = tracked.register(run_id, register)

@@ -4,6 +4,7 @@ as the standard model directory with the search's results beside it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -16,11 +17,14 @@ import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.sample import Categorical
 
 from sam import SamError, checkpoint
 from sam.config import Config
 from sam.console import ProgressSettings
-from sam.data import prepare
+from sam.distill import prepare_distilled
+from sam.prepare import PREPARATION_KNOBS, PreparedData, prepare, preparation_key
+from sam.resolve import resolve_config
 from sam.storage import filesystem as uri_filesystem, join, redact, resolve
 from sam.train import SELECT_METRIC, SELECT_MODE, checkpoint_config, make_trainer
 
@@ -59,15 +63,6 @@ def search_space(pretrained: bool = False, distilling: bool = False) -> dict:
     return space
 
 
-def trial_config(base: Config, sampled: dict, fixed: tuple[str, ...] = ()) -> Config:
-    """The base config with a trial's knobs; d_ff follows a sampled d_model (4x, as in BERT), so width is one knob,
-    unless d_ff was given by hand."""
-    knobs = dict(sampled)
-    if "d_model" in knobs and "d_ff" not in fixed:
-        knobs.setdefault("d_ff", 4 * knobs["d_model"])
-    return base.with_flat(**knobs)
-
-
 def fitted_space(space: dict, base: Config, fixed: tuple[str, ...]) -> dict:
     """The space less the knobs given by hand, its widths and head counts kept to those that fit a hand-given one."""
     space = {k: v for k, v in space.items() if k not in fixed}
@@ -78,20 +73,65 @@ def fitted_space(space: dict, base: Config, fixed: tuple[str, ...]) -> dict:
     return space
 
 
-def run_trial(sampled: dict, base: dict, fixed: list[str], experiment: str, progress: ProgressSettings) -> None:
-    """The function trainable: it only drives one Ray Train run, whose workers hold the compute. The callback
-    relays every epoch's metrics, with its checkpoint's path, to Tune, so ASHA can stop the run between epochs."""
-    config = trial_config(Config.from_dict(base), sampled, tuple(fixed))
+def run_trial(sampled: dict, base: dict, fixed: list[str], experiment: str, display: ProgressSettings,
+              prepared: dict[tuple, PreparedData]) -> None:
+    """The function trainable: it only drives one Ray Train run, whose workers hold the compute, on the data the
+    search prepared for it. The callback relays every epoch's metrics, with its checkpoint's path, to Tune, so ASHA
+    can stop the run between epochs."""
+    config = resolve_config(Config.from_dict(base), sampled, fixed=fixed)
     run_config = ray.train.RunConfig(
         # The same (storage, name) when a trial restarts makes Train resume from the trial's last checkpoint.
         name=tune.get_context().get_trial_id(),
         storage_path=join(experiment, "train_runs"),
         checkpoint_config=checkpoint_config(),
         callbacks=[TuneReportCallback()],
-        logging_config=ray.train.LoggingConfig(log_level=progress.train_log_level),
+        logging_config=ray.train.LoggingConfig(log_level=display.train_log_level),
     )
+    data = prepared.get(preparation_key(config))
+    if data is None:  # a knob that changes the data, searched over values not known before the trials drew them
+        log.info("trial %s prepares its own data: the search could not prepare its %s up front", tune.get_context().get_trial_id(),
+                 ", ".join(knob for knob in PREPARATION_KNOBS if knob in sampled))
+        data = prepare_search_data(config, experiment)
+    make_trainer(config, data, run_config, display).fit()
+
+
+def prepare_search_data(config: Config, experiment: str, budget_share: float = 1.0) -> PreparedData:
     # Transfer sets live with the search, where every node's trials find them (each is scored once).
-    make_trainer(config, prepare(config, root=experiment), run_config, progress).fit()
+    return (prepare_distilled(config, root=experiment, budget_share=budget_share) if config.distill.teacher
+            else prepare(config, budget_share))
+
+
+def preparation_samples(space: dict) -> Optional[list[dict]]:
+    """The searched values of the knobs that change what a trial trains on, each combination once (`[{}]` when the
+    space searches none); None when one is searched over a range, whose values only the trials draw."""
+    values = {}
+    for knob in PREPARATION_KNOBS:
+        domain = space.get(knob)
+        if domain is None:
+            continue
+        if isinstance(domain, Categorical):
+            values[knob] = domain.categories
+        elif isinstance(domain, dict) and "grid_search" in domain:
+            values[knob] = domain["grid_search"]
+        else:
+            return None
+    return [dict(zip(values, chosen)) for chosen in itertools.product(*values.values())]
+
+
+def prepare_once(spec: "SearchSpec", experiment: str) -> dict[tuple, PreparedData]:
+    """On the search's driver: each distinct preparation its trials will train on, made once (read, validated,
+    split, tokenizer trained, transfer set scored, tokenized and materialized when it fits its share of the
+    budget), for every trial to take from the object store instead of making its own."""
+    if spec.preparations is None:
+        log.info("search: the space searches a knob that changes the data over a range: each trial prepares its own")
+        return {}
+    base = Config.from_dict(spec.base)
+    distinct = {}
+    for sample in spec.preparations:
+        config = resolve_config(base, sample, fixed=spec.fixed)
+        distinct.setdefault(preparation_key(config), config)
+    log.info("search: %d preparation%s of the data for every trial", len(distinct), "" if len(distinct) == 1 else "s")
+    return {key: prepare_search_data(config, experiment, 1 / len(distinct)) for key, config in distinct.items()}
 
 
 @dataclass
@@ -101,6 +141,8 @@ class SearchSpec:
     base: dict  # Config.to_dict(); its `epochs` is ASHA's max_t
     num_samples: int
     fixed: list[str] = field(default_factory=list)  # knobs given by hand: out of the space, and d_ff stays as given
+    # `preparation_samples` of the space (a spec written before it: the base's data alone)
+    preparations: Optional[list[dict]] = field(default_factory=lambda: [{}])
 
     @property
     def max_epochs(self) -> int:
@@ -124,13 +166,13 @@ def experiment_path(storage: str, name: str) -> str:
     return join(storage, name)
 
 
-def _trainable(experiment: str, spec: SearchSpec):
+def _trainable(experiment: str, spec: SearchSpec, prepared: dict[tuple, PreparedData]):
     # No CPU for the trial's own actor: it only drives its Train run, whose worker group asks for the CPUs/GPUs
     # in a placement group of its own. That request is what the autoscaler sees: trials beyond the cluster's
     # room wait for it, or for nodes it adds. Tune needs some resource, so the actor books the memory it holds
-    # (the data report, class counts and tokenizer).
+    # (the data report, class counts and tokenizer). `prepared` goes to the object store once, for every trial.
     trainable = tune.with_parameters(run_trial, base=spec.base, fixed=spec.fixed, experiment=experiment,
-                                     progress=ProgressSettings.here())
+                                     display=ProgressSettings.here(), prepared=prepared)
     return tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
 
 
@@ -142,16 +184,13 @@ def run_search(
     """A new search of `space` (default: `search_space`, less the `fixed` knobs given by hand) around `base`;
     `callbacks` (Tune's, such as its MLflow logger) are stored with the search and come back on `resume`."""
     experiment = experiment_path(storage, name)
-    base = base.with_absolute_paths()
+    base = resolve_config(base, search=True)
     if space is None:
-        space = fitted_space(search_space(bool(base.data.init or base.data.init_layers), bool(base.distill.teacher)), base, fixed)
-    if not base.scale.torch_threads:
-        # Trials share nodes: each worker computes on the CPUs it reserved, not on all of the node's cores.
-        base = base.with_flat(torch_threads=max(1, base.scale.cpus_per_worker))
-    spec = SearchSpec(base=base.to_dict(), num_samples=num_samples, fixed=list(fixed))
+        space = fitted_space(search_space(bool(base.start.init or base.start.init_layers), bool(base.distill.teacher)), base, fixed)
+    spec = SearchSpec(base=base.to_dict(), num_samples=num_samples, fixed=list(fixed), preparations=preparation_samples(space))
     _write_spec(experiment, spec)
     tuner = tune.Tuner(
-        _trainable(experiment, spec),
+        _trainable(experiment, spec, prepare_once(spec, experiment)),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=num_samples,
@@ -174,10 +213,10 @@ def resume_search(storage: str, name: str, given: Optional[Config] = None, fixed
     experiment = experiment_path(storage, name)
     spec = read_spec(experiment)
     if given is not None:
-        changed = Config.from_dict(spec.base).differences(given.with_absolute_paths(), sections=tuple(spec.base), only=fixed)
+        changed = Config.from_dict(spec.base).differences(given.with_absolute_paths(), sections=tuple(Config.model_fields), only=fixed)
         if changed:
             raise SamError(f"--resume: search {name!r} was started with other settings ({'; '.join(changed)})")
-    tuner = tune.Tuner.restore(experiment, trainable=_trainable(experiment, spec), resume_errored=True)
+    tuner = tune.Tuner.restore(experiment, trainable=_trainable(experiment, spec, prepare_once(spec, experiment)), resume_errored=True)
     return tuner.fit(), spec
 
 
@@ -186,7 +225,7 @@ def is_complete(results: tune.ResultGrid, spec: SearchSpec) -> bool:
     return len(results) >= spec.num_samples and results.num_terminated + results.num_errors == len(results)
 
 
-def summarize(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
+def leaderboard_rows(results: tune.ResultGrid, spec: SearchSpec) -> list[dict]:
     """One row per trial, best (highest best val_accuracy) first; `stopped_by` says whether ASHA or the trainer's
     own patience ended it before max_epochs."""
     rows = []

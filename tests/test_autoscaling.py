@@ -11,9 +11,9 @@ from ray import tune
 from ray.cluster_utils import AutoscalingCluster
 
 from sam.tune import is_complete, run_search
-from tests.conftest import private_ray_temp_dir, tiny_config, tweet_rows, write_jsonl
+from tests.helpers import private_ray_temp_dir, tiny_config, tweet_rows, write_jsonl
 
-pytestmark = pytest.mark.multinode
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 # Ray's fake_multi_node/example.yaml, which the PyPI wheel does not ship but AutoscalingCluster reads.
 FAKE_PROVIDER_BASE = {

@@ -15,7 +15,7 @@ from sam.cli import main
 from sam.config import Config
 from sam.data import train_and_validation
 from sam.predict import Predictor
-from tests.conftest import tweet_rows, write_jsonl
+from tests.helpers import tweet_rows, write_jsonl
 
 
 def run_sam(*args, cwd=None):
@@ -55,7 +55,7 @@ def test_evaluate_on_the_models_held_out_part(ray_session, tiny_model_dir, tweet
     config.save(held)
     assert main(["evaluate", "--model", str(held), "--data", str(tweets_dir), "--split", "holdout", "--json"]) == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert results["n"] == train_and_validation(config.with_flat(data=str(tweets_dir))).holdout_counts.sum() > 0
+    assert results["n"] == train_and_validation(config.with_flat(source=str(tweets_dir))).holdout_counts.sum() > 0
 
 
 def test_predict_prints_one_json_line_per_text(tiny_model_dir, capsys):

@@ -2,24 +2,16 @@
 GPU workers from zero, the project installed with Ray pinned, and no public dashboard."""
 
 import re
-import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, pinned_ray_version
 
 
 def load(name: str) -> dict:
     return yaml.safe_load((ROOT / name).read_text())
-
-
-def pinned_ray_version() -> str:
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (ray,) = [d for d in dependencies if re.match(r"ray\b", d)]
-    return ray.split("==")[1]
 
 
 @pytest.mark.parametrize("name", ["cluster.yaml", "cluster.local.yaml"])

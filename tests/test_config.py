@@ -1,12 +1,17 @@
 import argparse
+import json
 
 import pytest
 
-from sam.config import Config, ConfigError, add_config_arguments, config_from_args
+from sam.config import CONFIG_FILE, START_KNOBS, Config, ConfigError, add_config_arguments, given_knobs
+from sam.resolve import resolve_config
+from tests.helpers import ROOT
+
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def test_round_trip_through_dict_and_directory(tmp_path):
-    config = Config().with_flat(lr=1e-3, num_layers=6, data="x.jsonl")
+    config = Config().with_flat(lr=1e-3, num_layers=6, source="x.jsonl")
     assert Config.from_dict(config.to_dict()) == config
     config.save(tmp_path)
     assert Config.load(tmp_path) == config
@@ -22,13 +27,13 @@ def test_unknown_settings_are_refused():
 def test_cli_options_come_from_the_config_models():
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
-    args = parser.parse_args(["--lr", "2e-4", "--num-layers", "6", "--norm-first", "false", "--limit-train", "100"])
-    config = config_from_args(args)
-    assert (config.train.lr, config.model.num_layers, config.model.norm_first, config.data.limit_train) == (2e-4, 6, False, 100)
-    assert config_from_args(parser.parse_args([])) == Config()
-    assert config_from_args(parser.parse_args(["--use-gpu"])).scale.use_gpu is True
+    args = parser.parse_args(["--lr", "2e-4", "--num-layers", "6", "--arch", "bert", "--limit-train", "100"])
+    config = resolve_config(given_knobs(args))
+    assert (config.train.lr, config.model.num_layers, config.model.arch, config.data.limit_train) == (2e-4, 6, "bert", 100)
+    assert resolve_config(given_knobs(parser.parse_args([]))) == Config()
+    assert resolve_config(given_knobs(parser.parse_args(["--use-gpu"]))).scale.use_gpu is True
     with pytest.raises(ConfigError, match=r"^train\.lr: Input should be a valid number.*\(got 'fast'\)$"):
-        config_from_args(parser.parse_args(["--lr", "fast"]))
+        resolve_config(given_knobs(parser.parse_args(["--lr", "fast"])))
     with pytest.raises(SystemExit):  # a choice the config allows none of is argparse's usage error
         parser.parse_args(["--pooling", "max"])
 
@@ -36,9 +41,9 @@ def test_cli_options_come_from_the_config_models():
 def test_local_paths_become_absolute_and_hub_names_stay(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tweets").mkdir()
-    config = Config().with_flat(data="tweets", tokenizer="bert-base-cased").with_absolute_paths()
-    assert config.data.data == str(tmp_path / "tweets")
-    assert config.data.tokenizer == "bert-base-cased" and config.data.init is None
+    config = Config().with_flat(source="tweets", tokenizer="bert-base-cased").with_absolute_paths()
+    assert config.data.source == str(tmp_path / "tweets")
+    assert config.start.tokenizer == "bert-base-cased" and config.start.init is None
 
 
 def test_backend_is_gloo_where_nccl_cannot_run():
@@ -55,28 +60,6 @@ def test_backend_is_gloo_where_nccl_cannot_run():
         Config().with_flat(backend="mpi")
     with pytest.raises(ConfigError, match="scale.gpus_per_worker: Input should be greater than 0"):
         Config().with_flat(gpus_per_worker=0)
-
-
-def test_init_takes_the_fine_tuning_recipe_unless_a_knob_is_given():
-    parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
-    tuned = config_from_args(parser.parse_args(["--init", "some/encoder", "--lr", "3e-5"]))
-    assert (tuned.train.lr, tuned.train.warmup_steps, tuned.train.epochs, tuned.train.batch_size) == (3e-5, 100, 2, 32)
-    assert not tuned.train.class_weights and tuned.train.label_smoothing == 0.0
-    assert config_from_args(parser.parse_args([])).train.lr == 5e-4  # from scratch: the defaults
-    assert "with --init: 5e-05" in parser.format_help()
-    # bf16 autocast only for pretrained encoders, whose matmuls are big enough to gain from it
-    assert config_from_args(parser.parse_args([])).scale.bf16 is False and tuned.scale.bf16 is True
-
-
-def test_a_teacher_takes_the_layered_students_recipe_unless_scratch_or_a_knob_is_given():
-    parser = argparse.ArgumentParser()
-    add_config_arguments(parser, sections=("distill", "model", "train", "data"))
-    layered = config_from_args(parser.parse_args(["--teacher", "models/minilm", "--num-layers", "3"]))
-    assert (layered.distill.student, layered.model.num_layers, layered.model.embedding_size, layered.train.lr) == ("layers", 3, 128, 1e-4)
-    scratch = config_from_args(parser.parse_args(["--teacher", "models/minilm", "--student", "scratch"]))
-    assert scratch == Config().with_flat(teacher="models/minilm", student="scratch")  # the from-scratch defaults
-    assert "a layered student's: 0.0001" in " ".join(parser.format_help().split())
 
 
 @pytest.mark.parametrize("knob, value", [("val_fraction", 1.0), ("val_fraction", 0.0), ("batch_size", 0), ("epochs", 0),
@@ -101,5 +84,27 @@ def test_a_saved_config_with_a_bad_value_names_it(tmp_path):
 
 def test_relative_paths_and_globs_become_absolute_for_trials(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = Config().with_flat(data="shards/*.jsonl.gz", init="s3://bucket/encoder").with_absolute_paths()
-    assert config.data.data == str(tmp_path / "shards/*.jsonl.gz") and config.data.init == "s3://bucket/encoder"
+    config = Config().with_flat(source="shards/*.jsonl.gz", init="s3://bucket/encoder").with_absolute_paths()
+    assert config.data.source == str(tmp_path / "shards/*.jsonl.gz") and config.start.init == "s3://bucket/encoder"
+
+
+@pytest.mark.parametrize("name, arch", [("layered_student", "albert"), ("modernbert", "modernbert"), ("minilm_init", "bert")])
+def test_a_config_saved_before_arch_and_the_start_section_still_loads(name, arch, tmp_path):
+    """sam_config.json as the code before `arch`, `start` and `source` wrote it (tests/fixtures, written at b80d828)."""
+    saved = json.loads((FIXTURES / f"{name}.sam_config.json").read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+    config = Config.load(tmp_path)
+    assert config.model.arch == arch and config.data.source == saved["data"]["data"]
+    assert {knob: getattr(config.start, knob) for knob in START_KNOBS} == {knob: saved["data"][knob] for knob in START_KNOBS}
+    assert (config.model.embedding_size, config.model.pooling) == (saved["model"]["embedding_size"], saved["model"]["pooling"])
+    config.save(tmp_path)
+    assert Config.load(tmp_path) == config and "norm_first" not in json.loads((tmp_path / CONFIG_FILE).read_text())["model"]
+
+
+def test_the_family_is_one_knob_and_each_refuses_what_it_cannot_build():
+    assert Config().model.arch == "bert"
+    with pytest.raises(ConfigError, match="embedding_size 16 needs arch albert"):
+        Config().with_flat(embedding_size=16)
+    with pytest.raises(ConfigError, match="arch albert needs an embedding_size"):
+        Config().with_flat(arch="albert")
+    assert Config().with_flat(arch="albert", embedding_size=16).model.embedding_size == 16

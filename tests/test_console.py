@@ -4,24 +4,31 @@
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import pexpect
+import pytest
 
 from sam.console import EpochProgress, ProgressSettings
-from tests.conftest import own_ray_env
-from tests.test_tune import TINY_OPTIONS
+from tests.helpers import ROOT, TINY_OPTIONS, own_ray_env
 
-ROOT = Path(__file__).resolve().parents[1]
 # Ray's and the libraries' lines that stay in Ray's log files unless --verbose.
 RAY_LINES = ("Starting execution of Dataset", "Execution plan of Dataset", "Requesting resources", "Reporting training result",
              "Token authentication", "Started a local Ray instance", "Progress bars disabled", "Setting up process group",
              "Checkpoint successfully created", "DeprecationWarning", "Writing model shards")
 
 
-def sam_train(tweets_dir, tmp_path, *extra) -> list[str]:
-    return [sys.executable, "-m", "sam.cli", "train", "--data", str(tweets_dir), *TINY_OPTIONS, "--epochs", "2",
+def sam_train(tweets_dir, tmp_path, *extra, command="train") -> list[str]:
+    return [sys.executable, "-m", "sam.cli", command, "--data", str(tweets_dir), *TINY_OPTIONS, "--epochs", "2",
             "--output", str(tmp_path / "model"), "--storage", str(tmp_path / "runs"), *extra]
+
+
+def piped(command: list[str]) -> str:
+    """What a command prints into a pipe (`| tee`, CI): it succeeds, with no bar redraws and no terminal codes."""
+    done = subprocess.run(command, cwd=ROOT, env=own_ray_env(SAM_PROGRESS_INTERVAL_S="0"), capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "\r" not in output and "\x1b" not in output, [line for line in output.split("\n") if "\r" in line or "\x1b" in line][:5]
+    return output
 
 
 def test_plain_progress_lines_come_at_the_interval(caplog):
@@ -37,6 +44,7 @@ def test_plain_progress_lines_come_at_the_interval(caplog):
     assert not caplog.records  # not due yet
 
 
+@pytest.mark.slow
 def test_a_terminal_shows_a_progress_bar_and_no_ray_internals(tweets_dir, tmp_path):
     child = pexpect.spawn(sam_train(tweets_dir, tmp_path)[0], sam_train(tweets_dir, tmp_path)[1:], cwd=str(ROOT),
                           env=own_ray_env(), encoding="utf-8", timeout=600, dimensions=(50, 160))
@@ -49,12 +57,9 @@ def test_a_terminal_shows_a_progress_bar_and_no_ray_internals(tweets_dir, tmp_pa
     assert not [line for line in RAY_LINES if line in screen]
 
 
+@pytest.mark.slow
 def test_piped_output_is_plain_lines_and_verbose_brings_ray_back(tweets_dir, tmp_path):
-    piped = subprocess.run(sam_train(tweets_dir, tmp_path), cwd=ROOT, env=own_ray_env(SAM_PROGRESS_INTERVAL_S="0"),
-                           capture_output=True, text=True, timeout=600)
-    output = piped.stdout + piped.stderr
-    assert piped.returncode == 0, output[-3000:]
-    assert "\r" not in output and "\x1b" not in output  # no bar redraws, no colours
+    output = piped(sam_train(tweets_dir, tmp_path))
     assert "epoch 1/2: step 1/" in output and "epoch 2/2: train loss" in output
     assert not [line for line in RAY_LINES if line in output]
 
@@ -63,3 +68,16 @@ def test_piped_output_is_plain_lines_and_verbose_brings_ray_back(tweets_dir, tmp
     output = verbose.stdout + verbose.stderr
     assert verbose.returncode == 0, output[-3000:]
     assert "Execution plan of Dataset" in output and "Requesting resources" in output
+
+
+@pytest.mark.slow
+def test_piped_distill_prints_plain_lines_while_its_teacher_scores_and_its_student_trains(tiny_model_dir, tweets_dir, tmp_path):
+    output = piped(sam_train(tweets_dir, tmp_path, "--teacher", str(tiny_model_dir), "--augment", "1", command="distill"))
+    assert "scoring the transfer set" in output and "epoch 2/2: train loss" in output
+
+
+@pytest.mark.slow
+def test_piped_tune_prints_plain_lines(tweets_dir, tmp_path):
+    output = piped(sam_train(tweets_dir, tmp_path, "--num-samples", "1", command="tune"))
+    assert "epoch 2/2: train loss" in output and '"val_accuracy"' in output
+

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.helpers import ROOT, free_port, require
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = "localhost/sam-base:bookworm"
 WHEELS = Path("/opt/wheels")  # this machine's CPU torch wheel
 ENV = {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
@@ -28,8 +27,13 @@ def _have_base() -> bool:
     return BASE in names.stdout.split()
 
 
-pytestmark = [pytest.mark.container,
-              pytest.mark.skipif(not _have_base() or not WHEELS.is_dir(), reason="needs buildah, the local base image and /opt/wheels")]
+pytestmark = [pytest.mark.slow, pytest.mark.container]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def builder():
+    require(_have_base() and WHEELS.is_dir(), "buildah, a local Debian base image and a CPU torch wheel in /opt/wheels",
+            "apt-get install buildah, then bash ../shared/container/build-base.sh")
 
 
 def buildah(*args: str, timeout: int = 1800, check: bool = True) -> subprocess.CompletedProcess:

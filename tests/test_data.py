@@ -10,11 +10,12 @@ import pytest
 
 from sam.config import Config
 from sam.data import (
-    DataError, class_weights, load_frame, read_rows, split_edges, summarize, text_sample, tokenize, train_and_validation,
+    DataError, class_weights, load_frame, read_rows, split_edges, survey_rows, text_sample, train_and_validation,
     validate_batch,
 )
+from sam.prepare import tokenize
 from sam.tokenizer import train_wordpiece
-from tests.conftest import tiny_config, tweet_rows, write_jsonl
+from tests.helpers import tiny_config, tweet_rows, write_jsonl
 
 
 def numbered_rows(n):
@@ -106,7 +107,7 @@ def test_no_valid_rows_is_an_error_naming_the_file(ray_session, tmp_path):
 def test_split_is_the_same_on_every_run_disjoint_and_balanced_by_class(ray_session, tmp_path):
     rows = numbered_rows(600)
     write_jsonl(tmp_path / "train.jsonl", rows)
-    config = Config().with_flat(data=str(tmp_path), val_fraction=0.1, seed=3)
+    config = Config().with_flat(source=str(tmp_path), val_fraction=0.1, seed=3)
     runs = [train_and_validation(config) for _ in range(2)]
     val, again = (sorted(run.val.to_pandas()["text"]) for run in runs)
     train = runs[0].train.to_pandas()
@@ -122,7 +123,7 @@ def test_split_is_the_same_on_every_run_disjoint_and_balanced_by_class(ray_sessi
 
 def test_held_out_part_is_disjoint_and_leaves_validation_as_it_was(ray_session, tmp_path):
     write_jsonl(tmp_path / "train.jsonl", numbered_rows(600))
-    config = Config().with_flat(data=str(tmp_path), val_fraction=0.1, seed=3)
+    config = Config().with_flat(source=str(tmp_path), val_fraction=0.1, seed=3)
     plain, held = train_and_validation(config), train_and_validation(config.with_flat(holdout_fraction=0.2))
     texts = {name: set(getattr(held, name).to_pandas()["text"]) for name in ("train", "val", "holdout")}
     assert texts["val"] == set(plain.val.to_pandas()["text"])  # adding a held-out part moves no validation row
@@ -141,7 +142,7 @@ def test_limit_keeps_the_same_sample_whatever_the_shard_layout(ray_session, tmp_
         write_jsonl(tmp_path / "many" / f"part-{i}.jsonl", rows[i::6])
     sides = []
     for layout in ("one", "many"):
-        split = train_and_validation(Config().with_flat(data=str(tmp_path / layout), limit_train=200, val_fraction=0.2))
+        split = train_and_validation(Config().with_flat(source=str(tmp_path / layout), limit_train=200, val_fraction=0.2))
         train, val = split.train.to_pandas(), split.val.to_pandas()
         assert (len(train), len(val)) == (split.train_counts.sum(), split.val_counts.sum())
         sides.append((sorted(train["text"]), sorted(val["text"])))
@@ -161,7 +162,7 @@ def test_tokenizer_sample_is_bounded(ray_session, tmp_path):
     write_jsonl(tmp_path / "train.jsonl", numbered_rows(300))
     rows = read_rows(str(tmp_path))
     assert len(list(text_sample(rows, limit=50))) == 50
-    report, histogram = summarize(rows, str(tmp_path), seed=0)
+    report, histogram = survey_rows(rows, str(tmp_path), seed=0)
     assert report.kept == histogram.sum() == 300
 
 
@@ -213,7 +214,8 @@ def test_the_splits_are_materialized_within_the_budget_and_streamed_over_it(ray_
 
     from ray.data.dataset import MaterializedDataset
 
-    from sam.data import LoadReport, PreparedData, materialize_if_small, tokenized_mb
+    from sam.data import LoadReport
+    from sam.prepare import PreparedData, materialize_if_small, tokenized_mb
 
     def prepared():
         return PreparedData(ray.data.range(100), ray.data.range(20), None, [1.0] * 3, 100, 20, LoadReport("x"))
@@ -240,7 +242,7 @@ def epochs_of(data, config, epochs=2):
 def test_materialized_and_streamed_epochs_give_the_same_batches(ray_session, tmp_path):
     import ray.data
 
-    from sam.data import materialize_if_small, prepare
+    from sam.prepare import materialize_if_small, prepare
 
     label_sorted_corpus(tmp_path, 2000)
     config = tiny_config(tmp_path, shuffle_buffer=500)
@@ -260,7 +262,7 @@ def test_materialized_and_streamed_epochs_give_the_same_batches(ray_session, tmp
 
 
 def test_a_file_sorted_by_label_gives_batches_of_every_class(ray_session, tmp_path):
-    from sam.data import prepare
+    from sam.prepare import prepare
 
     rows = label_sorted_corpus(tmp_path)
     config = tiny_config(tmp_path)
@@ -277,7 +279,7 @@ def test_a_hub_name_is_read_through_datasets_offline_from_its_cache(ray_session,
     import datasets
     from datasets.packaged_modules.json.json import Json
 
-    from sam.data import read_rows, summarize
+    from sam.data import read_rows, survey_rows
 
     source = write_jsonl(tmp_path / "test.jsonl", tweet_rows() + [{"text": " ", "label": 1}, {"text": "who knows", "label": 7}])
     cache = tmp_path / "datasets"
@@ -287,7 +289,7 @@ def test_a_hub_name_is_read_through_datasets_offline_from_its_cache(ray_session,
     built = built.rename(cache / "owner___tweets" / "default")  # the hub's config name
     for arrow in built.rglob("owner___tweets-*.arrow"):
         arrow.rename(arrow.with_name(arrow.name.replace("owner___tweets-", "tweets-")))
-    report, histogram = summarize(read_rows("owner/tweets", "test"), "owner/tweets", seed=0)
+    report, histogram = survey_rows(read_rows("owner/tweets", "test"), "owner/tweets", seed=0)
     assert report.kept == len(tweet_rows()) and dict(report.dropped) == {"blank text": 1, "unknown label": 1}
     assert histogram.sum(1).tolist() == [15, 15, 15]
     with pytest.raises(DataError, match="owner/absent: cannot load split 'test' from the hub"):

@@ -4,7 +4,6 @@ search they run against the CLI."""
 
 import copy
 import shlex
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -13,10 +12,9 @@ from ray.serve.schema import ServeDeploySchema
 
 from sam.cli import build_parser
 from sam.serve import ServeArgs
+from tests.helpers import ROOT, pinned_ray_version
 from tests.kuberay_schema import RAYJOB_SCHEMA, RAYSERVICE_SCHEMA
-from tests.test_cluster import pinned_ray_version
 
-ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = {"rayservice.yaml": RAYSERVICE_SCHEMA, "rayjob.yaml": RAYJOB_SCHEMA}
 
 

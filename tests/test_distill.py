@@ -11,15 +11,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sam.cli import main
 from sam.config import Config
-from sam.data import MASK, _with_augmented_copies
+from sam.distill import MASK, _with_augmented_copies
 from sam.learner import distillation_loss
-from sam.models import build_model
-from sam.predict import SCORER
-from tests.conftest import tiny_config, tweet_rows, write_jsonl
+from sam.scoring import SCORER
+from tests.helpers import TINY_OPTIONS, tiny_config, tweet_rows, write_jsonl
 
-TINY = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
-        "--vocab-size", "200", "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2",
-        "--embedding-size", "16"]
+TINY = [*TINY_OPTIONS, "--epochs", "1", "--embedding-size", "16"]
 
 
 WORDS = ["apple", "banana", "cherry"]
@@ -68,25 +65,20 @@ def test_teacher_from_another_split_is_refused(tiny_model_dir, tweets_dir):
         check_teacher_split(config.with_flat(holdout_fraction=0.1))
 
 
-def test_a_layered_student_takes_its_teachers_tokenizer_and_shape_and_a_scratch_one_its_own(tiny_model_dir, tweets_dir, tmp_path):
-    from sam.distill import with_teacher_layers
+def test_a_layered_student_takes_its_teachers_tokenizer_and_shape_and_a_scratch_one_its_own(tiny_model_dir, tweets_dir):
+    from sam.resolve import resolve_config
 
-    config = Config().with_flat(data=str(tweets_dir), teacher=str(tiny_model_dir), num_layers=1, embedding_size=16)
-    layered = with_teacher_layers(config)
+    config = Config().with_flat(source=str(tweets_dir), teacher=str(tiny_model_dir), num_layers=1, arch="albert", embedding_size=16)
+    layered = resolve_config(config)
     teacher = Config.load(tiny_model_dir).model
-    assert (layered.data.tokenizer, layered.data.init_embeddings, layered.data.init_layers) == (str(tiny_model_dir),) * 2 + (True,)
+    assert (layered.start.tokenizer, layered.start.init_embeddings, layered.start.init_layers) == (str(tiny_model_dir),) * 2 + (True,)
     assert (layered.model.d_model, layered.model.num_heads, layered.model.d_ff) == (teacher.d_model, teacher.num_heads, teacher.d_ff)
     assert (layered.model.num_layers, layered.model.embedding_size) == (1, 16)  # as configured
     scratch = config.with_flat(student="scratch")
-    assert with_teacher_layers(scratch) == scratch and with_teacher_layers(Config()) == Config()
-
-    pre_norm, saved = tmp_path / "pre_norm", Config.load(tiny_model_dir).with_flat(norm_first=True)
-    build_model(saved.model, AutoTokenizer.from_pretrained(tiny_model_dir)).save_pretrained(pre_norm)
-    saved.save(pre_norm)
-    with pytest.raises(ValueError, match=f"teacher {pre_norm}: a modernbert encoder, whose layers cannot start .*--student scratch"):
-        with_teacher_layers(config.with_flat(teacher=str(pre_norm)))
+    assert resolve_config(scratch) == scratch and resolve_config(Config()) == Config()
 
 
+@pytest.mark.slow
 def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
         ray_session, tiny_model_dir, tweets_dir, tmp_path, monkeypatch, capsys):
     import ray
@@ -117,16 +109,17 @@ def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
     assert "a transfer set for another augment" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_transfer_set_from_one_file_keeps_every_teacher_replica_busy(ray_session, tiny_model_dir, tmp_path, monkeypatch):
     import ray
 
-    import sam.predict
-    from sam.data import prepare
+    import sam.scoring
+    from sam.distill import prepare_distilled
 
-    monkeypatch.setattr(sam.predict, "SCORING_BLOCK_BYTES", 4 << 10)  # blocks of about 20 tweets, as 1 MiB holds 5,000
+    monkeypatch.setattr(sam.scoring, "SCORING_BLOCK_BYTES", 4 << 10)  # blocks of about 20 tweets, as 1 MiB holds 5,000
     rows = [{**row, "text": f"{row['text']} #{i}"} for i, row in enumerate(tweet_rows() * 4)]
     write_jsonl(tmp_path / "train.jsonl", rows)  # one file: one block as read
     config = tiny_config(tmp_path).with_flat(teacher=str(tiny_model_dir), augment=2)
-    prepared = prepare(config, transfer=str(tmp_path / "transfer"), actors=2)
+    prepared = prepare_distilled(config, transfer=str(tmp_path / "transfer"), actors=2)
     per_replica = ray.data.read_parquet(str(tmp_path / "transfer"), file_extensions=["parquet"]).to_pandas()[SCORER].value_counts()
     assert len(per_replica) == 2 and per_replica.sum() == prepared.n_train

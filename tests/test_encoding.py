@@ -6,7 +6,7 @@ from tokenizers import Tokenizer
 
 from sam.encoding import encode, encode_rows
 from sam.tokenizer import train_wordpiece
-from tests.conftest import tweet_rows
+from tests.helpers import tweet_rows
 
 TEXTS = [row["text"] for row in tweet_rows()]
 

@@ -1,16 +1,13 @@
-import numpy as np
 import pytest
 import torch
 
 from sam.batching import collate
 from sam.config import ModelConfig, TrainConfig
-from sam.data import class_weights
-from sam.encoding import encode_column
 from sam.learner import Learner, Predictions, make_averaged, make_optimizer, make_scheduler, to_device, warmup_steps
 from sam.models import build_model
 from sam.tokenizer import train_wordpiece
 from sam.train import train_step
-from tests.conftest import tweet_rows
+from tests.helpers import tiny_learner, tweet_rows
 
 
 def test_schedule_peaks_at_the_configured_lr_then_decays_to_zero():
@@ -53,18 +50,6 @@ def test_weight_average_is_a_bias_corrected_exponential_average():
             averaged.update_parameters(weight)
             moment = 0.9 * moment + 0.1 * value
             assert averaged.module.weight.item() == pytest.approx(moment / (1 - 0.9**step))  # no pull toward 0 or step 1
-
-
-def tiny_learner(rows, **train):
-    torch.manual_seed(0)
-    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    tokenizer = train_wordpiece([r["text"] for r in rows], 300)
-    model = build_model(ModelConfig(num_layers=1, num_heads=2, d_model=32, d_ff=64, dropout=0.0), tokenizer)
-    labels = np.array([r["label"] for r in rows])
-    config = TrainConfig(**{"lr": 3e-3, "warmup_steps": 1, "batch_size": 16, **train})
-    learner = Learner(model, config, total_steps=30, class_weights=class_weights(np.bincount(labels, minlength=3)), device=torch.device("cpu"))
-    columns = {"input_ids": encode_column(tokenizer, [r["text"] for r in rows], 32), "labels": labels}
-    return learner, columns, tokenizer.pad_token_id
 
 
 def test_training_state_round_trip_resumes_the_same_run():

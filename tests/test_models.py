@@ -10,7 +10,7 @@ from sam.batching import pad_batch
 from sam.encoding import encode
 from sam.tokenizer import train_wordpiece
 from sam.models import build_model, check_embeddings_source, start_from_embeddings, summary
-from tests.conftest import tweet_rows
+from tests.helpers import best_rank_geometry, tweet_rows
 
 SMALL = ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=64, max_length=32)
 
@@ -20,9 +20,9 @@ def tokenizer():
     return train_wordpiece([row["text"] for row in tweet_rows()], vocab_size=300)
 
 
-@pytest.mark.parametrize("norm_first, pooling, embedding_size", [(False, "cls", 0), (True, "cls", 0), (True, "mean", 0), (False, "cls", 8)])
-def test_logits_shape_and_saved_directory_loads_in_plain_transformers(tokenizer, tmp_path, norm_first, pooling, embedding_size):
-    shape = {**SMALL.__dict__, "norm_first": norm_first, "pooling": pooling, "embedding_size": embedding_size}
+@pytest.mark.parametrize("arch, pooling, embedding_size", [("bert", "cls", 0), ("modernbert", "cls", 0), ("modernbert", "mean", 0), ("albert", "cls", 8)])
+def test_logits_shape_and_saved_directory_loads_in_plain_transformers(tokenizer, tmp_path, arch, pooling, embedding_size):
+    shape = {**SMALL.__dict__, "arch": arch, "pooling": pooling, "embedding_size": embedding_size}
     model = build_model(ModelConfig(**shape), tokenizer).eval()
     batch = pad_batch(encode(tokenizer, ["I love it", "so sad today, hate it"], 32), tokenizer.pad_token_id)
     logits = model(**batch).logits
@@ -42,7 +42,7 @@ def test_position_table_covers_max_length(tokenizer):
 
 
 def test_mean_pooling_ignores_padding(tokenizer):
-    model = build_model(ModelConfig(**{**SMALL.__dict__, "norm_first": True, "pooling": "mean"}), tokenizer).eval()
+    model = build_model(ModelConfig(**{**SMALL.__dict__, "arch": "modernbert", "pooling": "mean"}), tokenizer).eval()
     alone = pad_batch(encode(tokenizer, ["so sad today"], 32), tokenizer.pad_token_id)
     padded = pad_batch(encode(tokenizer, ["so sad today", "I love this phone more than anything else"], 32), tokenizer.pad_token_id)
     torch.testing.assert_close(model(**padded).logits[:1], model(**alone).logits)
@@ -52,19 +52,19 @@ def test_factorized_embedding_holds_a_large_vocabulary_in_fewer_parameters(token
     def parameters(**shape):
         return sum(p.numel() for p in build_model(ModelConfig(**{**SMALL.__dict__, **shape}), tokenizer).parameters())
 
-    model = build_model(ModelConfig(**{**SMALL.__dict__, "embedding_size": 8}), tokenizer)
+    model = build_model(ModelConfig(**{**SMALL.__dict__, "arch": "albert", "embedding_size": 8}), tokenizer)
     assert model.get_input_embeddings().weight.shape == (len(tokenizer), 8)
     full, factorized = parameters(), sum(p.numel() for p in model.parameters())
     assert full - factorized > (len(tokenizer) - 32) * (32 - 8)  # 8 weights a token instead of 32, less one 8 x 32 projection
-    with_more_layers = parameters(embedding_size=8, num_layers=3)
+    with_more_layers = parameters(arch="albert", embedding_size=8, num_layers=3)
     assert with_more_layers - factorized == parameters(num_layers=3) - full  # each added layer has weights of its own
 
 
 @pytest.mark.parametrize("shape, problem", [
-    ({"embedding_size": 16, "norm_first": True}, "needs norm_first false"),
+    ({"embedding_size": 16, "arch": "modernbert"}, "needs arch albert"),
     ({"d_model": 30, "num_heads": 4}, "must divide"),
     ({"pooling": "max"}, "Input should be 'cls' or 'mean'"),
-    ({"pooling": "mean", "norm_first": False}, "needs norm_first"),
+    ({"pooling": "mean", "arch": "bert"}, "needs arch modernbert"),
 ])
 def test_invalid_shapes_are_refused_when_the_config_is_built(shape, problem):
     with pytest.raises(ValueError, match=problem):
@@ -76,18 +76,10 @@ def test_summary_counts_every_parameter(tokenizer):
     assert f"{sum(p.numel() for p in model.parameters()):,}" in summary(model).splitlines()[-1]
 
 
-def best_rank_geometry(embeddings: torch.Tensor, rank: int) -> torch.Tensor:
-    """Dot products between tokens that the best `rank`-wide projection of the centered embeddings keeps: the
-    same whatever the signs of its components."""
-    u, s, vh = torch.linalg.svd(embeddings - embeddings.mean(dim=0), full_matrices=False)
-    kept = u[:, :rank] * s[:rank] @ vh[:rank]
-    return kept @ kept.T
-
-
 def test_a_narrower_model_starts_from_the_principal_components_of_pretrained_embeddings(tokenizer, tmp_path):
     pretrained = build_model(SMALL, tokenizer)
     pretrained.save_pretrained(tmp_path / "pretrained")
-    student = build_model(ModelConfig(**{**SMALL.__dict__, "embedding_size": 8}), tokenizer)
+    student = build_model(ModelConfig(**{**SMALL.__dict__, "arch": "albert", "embedding_size": 8}), tokenizer)
     start_from_embeddings(student, str(tmp_path / "pretrained"))
 
     started = student.get_input_embeddings().weight.detach()
@@ -102,8 +94,8 @@ def test_pretrained_embeddings_of_another_vocabulary_or_width_are_refused(tokeni
         with pytest.raises(SamError, match=r"init_embeddings .*pretrained: its \d+ token embeddings of 32 cannot start"):
             start_from_embeddings(student, str(tmp_path / "pretrained"))
     factorized = tmp_path / "factorized"  # its token embeddings are 8 wide, its hidden size 32
-    build_model(ModelConfig(**{**SMALL.__dict__, "embedding_size": 8}), tokenizer).save_pretrained(factorized)
-    from_factorized = Config().with_flat(tokenizer="t", init_embeddings=str(factorized), embedding_size=8)
+    build_model(ModelConfig(**{**SMALL.__dict__, "arch": "albert", "embedding_size": 8}), tokenizer).save_pretrained(factorized)
+    from_factorized = Config().with_flat(tokenizer="t", init_embeddings=str(factorized), arch="albert", embedding_size=8)
     check_embeddings_source(from_factorized, len(tokenizer))
     with pytest.raises(SamError, match=r"its \d+ token embeddings of 8 cannot start \d+ of 16"):
         check_embeddings_source(from_factorized.with_flat(embedding_size=16), len(tokenizer))
@@ -119,7 +111,7 @@ def test_a_student_started_from_its_teachers_layers_computes_what_the_teacher_do
         for weight in (p for p in teacher.bert.encoder.parameters() if p.dim() == 2):
             weight.mul_(10)
     teacher.save_pretrained(tmp_path / "teacher")
-    student = build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 3, "embedding_size": 32}), tokenizer)
+    student = build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 3, "arch": "albert", "embedding_size": 32}), tokenizer)
     start_from_embeddings(student, str(tmp_path / "teacher"), layers=True)
     assert student.training  # still trains with dropout after the fit
 
@@ -139,9 +131,9 @@ def test_a_student_started_from_its_teachers_layers_computes_what_the_teacher_do
 def test_layers_of_another_shape_or_too_few_are_refused_before_any_worker_starts(tokenizer, tmp_path):
     build_model(ModelConfig(**{**SMALL.__dict__, "num_layers": 2}), tokenizer).save_pretrained(tmp_path / "teacher")
     student = Config().with_flat(tokenizer="t", init_embeddings=str(tmp_path / "teacher"), init_layers=True, num_layers=2,
-                                 num_heads=2, d_model=32, d_ff=64, embedding_size=16, max_length=32)
+                                 num_heads=2, d_model=32, d_ff=64, arch="albert", embedding_size=16, max_length=32)
     check_embeddings_source(student, len(tokenizer))
-    for change in ({"d_ff": 128}, {"num_heads": 4}, {"num_layers": 3}, {"embedding_size": 0}, {"max_length": 64}):
+    for change in ({"d_ff": 128}, {"num_heads": 4}, {"num_layers": 3}, {"arch": "bert", "embedding_size": 0}, {"max_length": 64}):
         with pytest.raises(SamError, match=r"init_layers from .*teacher: a bert encoder of 2 layers \(d_model 32, d_ff 64, 2 heads, gelu, layer norm eps 1e-12, 32 positions\)"):
             check_embeddings_source(student.with_flat(**change), len(tokenizer))
     with pytest.raises(ConfigError, match="init_layers needs init_embeddings"):

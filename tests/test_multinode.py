@@ -16,12 +16,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.util.state import list_tasks
 
 from sam.checkpoint import export
-from sam.data import prepare
+from sam.prepare import prepare
 from sam.predict import Predictor
 from sam.train import checkpoint_config, make_trainer
-from tests.conftest import free_port, local_cluster, nodes_of, tiny_config
+from tests.helpers import free_port, local_cluster, nodes_of, tiny_config
 
-pytestmark = pytest.mark.multinode
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 from sam.predict import Predictor
 from sam.storage import join
 from sam.train import train
-from tests.conftest import free_port, local_cluster, nodes_of, tiny_config, tweet_rows, write_jsonl
+from tests.helpers import free_port, local_cluster, nodes_of, tiny_config, tweet_rows, write_jsonl
 
-pytestmark = pytest.mark.multinode
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
 def test_losing_a_workers_node_mid_epoch_resumes_on_another_from_the_bucket(s3, tmp_path):

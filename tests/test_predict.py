@@ -8,8 +8,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sam.cli import main
 from sam.predict import ModelDirError, Predictor
+from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE
 
-from conftest import NEGATIVE, NEUTRAL, POSITIVE
 
 TEXTS = NEGATIVE[:3] + NEUTRAL[:3] + POSITIVE[:3] + ["ok"]
 
@@ -31,14 +31,13 @@ def test_quantized_predictor_swaps_linear_layers_and_stays_close(tiny_model_dir)
 def test_a_scoring_pool_spreads_a_multi_block_source_over_every_actor(ray_session, tiny_model_dir, tmp_path):
     import ray.data
 
-    from sam.predict import ScoredSink, score_rows, scoring_job
+    from sam.scoring import ScoredSink, score_rows
 
     texts = [f"{text} #{i}" for i, text in enumerate(TEXTS * 60)]  # 600 rows, 6 blocks
-    with scoring_job():
-        rows = ray.data.from_items([{"id": str(i), "text": t, "problem": "", "where": ""} for i, t in enumerate(texts)],
-                                   override_num_blocks=6)
-        sink = ScoredSink("texts", str(tmp_path / "predictions"), str(tmp_path / "rejects"))
-        score_rows(rows, tiny_model_dir, actors=2).write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    rows = ray.data.from_items([{"id": str(i), "text": t, "problem": "", "where": ""} for i, t in enumerate(texts)],
+                               override_num_blocks=6)
+    sink = ScoredSink("texts", str(tmp_path / "predictions"), str(tmp_path / "rejects"))
+    score_rows(rows, tiny_model_dir, actors=2).write_datasink(sink, ray_remote_args={"num_cpus": 0})
     assert len(sink.report.per_actor) == 2 and all(n > 0 for n in sink.report.per_actor.values())
     assert sink.report.rows.kept == sum(sink.report.per_actor.values()) == len(texts)
 

@@ -3,16 +3,17 @@ read it, and /predict answers."""
 
 import json
 
+import pytest
 import requests
 
 from sam.cli import main
 from sam.config import DEFAULT_MODEL_DIR
-from tests.conftest import free_port
+from tests.helpers import TINY_OPTIONS, free_port
 
-TINY = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
-        "--vocab-size", "200", "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2"]
+TINY = [*TINY_OPTIONS, "--epochs", "1"]
 
 
+@pytest.mark.slow
 def test_train_evaluate_serve_predict_with_no_path_given(ray_session, tweets_dir, tmp_path, monkeypatch, capsys):
     from ray import serve
 

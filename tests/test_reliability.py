@@ -12,11 +12,10 @@ from mlflow import MlflowClient
 from sam.predict import ModelDirError, Predictor
 import sam.train
 from sam.train import steps_per_epoch, train
-from tests.conftest import tiny_config, tweet_rows
+from tests.helpers import ROOT, tiny_config, tweet_rows
 from tests.faults import exit_at_step
 
-pytestmark = pytest.mark.reliability
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 
 def test_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_session, tweets_dir, tmp_path, monkeypatch, tracking):

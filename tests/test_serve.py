@@ -15,10 +15,10 @@ from sam.encoding import MAX_TEXT_CHARS
 from sam.predict import ModelDirError
 from sam.api import MAX_BODY_BYTES, MAX_TEXTS
 from sam.serve import SentimentDeployment, ServeArgs, build_app
-from conftest import NEGATIVE, NEUTRAL, POSITIVE
-from tests.conftest import free_port
+from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE, ROOT, free_port, require
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "sam-serve-dashboard.json"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's
+DASHBOARD = ROOT / "deploy" / "grafana" / "sam-serve-dashboard.json"
 TEXTS = [NEGATIVE[0], NEUTRAL[0], POSITIVE[0], "ok", "an unseen tweet with words the model never saw: zyxw"]
 
 
@@ -209,14 +209,16 @@ def test_a_registered_model_serves_from_its_alias(url, tiny_model_dir, tracking)
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium with its driver, from Debian's packages (`.ci/run` installs them)."""
+    require(Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file(), "Chromium and its driver",
+            "apt-get install chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
-    options.binary_location = "/usr/bin/chromium"
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    options.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
 

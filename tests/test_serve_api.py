@@ -20,7 +20,7 @@ from sam import LABELS
 from sam.encoding import MAX_TEXT_CHARS
 from sam.api import MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TEXTS, NOT_BLANK
 from sam.serve import ServeArgs, build_app
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 TIMEOUT = 60
 PROPERTY_SETTINGS = settings(

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from tests.helpers import ROOT, free_port, local_cluster
 
-from tests.conftest import free_port, local_cluster
 
-pytestmark = pytest.mark.multinode
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
 SERVE_PORT = free_port()  # one Serve instance for the module: its HTTP port is fixed when it starts

@@ -20,12 +20,10 @@ from hypothesis import strategies as st
 
 from sam.api import MAX_BODY_BYTES, MAX_TEXTS
 from sam.serve import ServeArgs, build_app
-from conftest import NEGATIVE, NEUTRAL, POSITIVE
-from tests.conftest import free_port
+from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE, ROOT, free_port
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
-ROOT = Path(__file__).resolve().parents[1]
 APP = f"sam_reliability_{os.getpid()}"  # unique on this machine: replica processes are found by this name
 DEPLOYMENT = "Sentiment"
 REPLICAS = 2

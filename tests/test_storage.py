@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from sam import storage
+from sam import locations, storage
 from sam.cli import main
 from sam.predict import ModelDirError, Predictor
-from tests.conftest import free_port, tweet_rows, write_jsonl
+from tests.helpers import best_rank_geometry, free_port, tweet_rows, write_jsonl
 
 TINY = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
         "--vocab-size", "200", "--batch-size", "8", "--warmup-steps", "2", "--lr", "3e-3", "--val-fraction", "0.2"]
@@ -58,6 +58,7 @@ def bucket_model(ray_session, s3, bucket_data, tmp_path_factory):
     return s3.uri("models/m1")
 
 
+@pytest.mark.slow
 def test_train_checkpoints_and_exports_to_the_bucket(s3, bucket_model):
     exported = s3.files(bucket_model)
     assert {"config.json", "model.safetensors", "sam_config.json", "metrics.json", "tokenizer.json"} <= set(exported)
@@ -67,20 +68,22 @@ def test_train_checkpoints_and_exports_to_the_bucket(s3, bucket_model):
     assert json.loads(storage.read_text(storage.join(bucket_model, "metrics.json")))["epochs_run"] == 2
 
 
+@pytest.mark.slow
 def test_a_model_on_the_bucket_is_fetched_once_per_version(s3, bucket_model, tmp_path):
-    first = storage.local_model_dir(bucket_model)
+    first = locations.local_model_dir(bucket_model)
     inode = first.stat().st_ino
-    assert storage.local_model_dir(bucket_model) == first and first.stat().st_ino == inode  # cached: not fetched again
+    assert locations.local_model_dir(bucket_model) == first and first.stat().st_ino == inode  # cached: not fetched again
     copy = s3.uri("models/m1_copy")
     storage.upload_dir(first, copy)
     metrics = json.loads((first / "metrics.json").read_text())
     storage.write_text(storage.join(copy, "metrics.json"), json.dumps({**metrics, "note": "changed"}))
-    changed = storage.local_model_dir(copy)
+    changed = locations.local_model_dir(copy)
     assert changed != first and json.loads((changed / "metrics.json").read_text())["note"] == "changed"
     with pytest.raises(ModelDirError, match="no such model directory"):
         Predictor(s3.uri("models/none"))
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_read_the_model_and_write_to_the_bucket(s3, bucket_model, bucket_data, capsys):
     assert main(["evaluate", "--model", bucket_model, "--data", bucket_data, "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 45
@@ -98,6 +101,7 @@ def test_evaluate_and_predict_read_the_model_and_write_to_the_bucket(s3, bucket_
     assert len(predicted) == 90 and sorted(r["where"] for r in rejected) == ["train.jsonl:11", "train.jsonl:12"]
 
 
+@pytest.mark.slow
 def test_serve_loads_the_model_from_the_bucket_and_a_restart_uses_the_cache(s3, bucket_model):
     from ray import serve
 
@@ -109,7 +113,7 @@ def test_serve_loads_the_model_from_the_bucket_and_a_restart_uses_the_cache(s3, 
         for start in range(2):
             serve.run(build_app(ServeArgs(model_dir=bucket_model)), name="sam")
             if start == 0:
-                cached = storage.local_model_dir(bucket_model)
+                cached = locations.local_model_dir(bucket_model)
                 inode = cached.stat().st_ino
             response = requests.post(f"http://127.0.0.1:{port}/predict", json={"text": "I love it"}, timeout=30)
             assert response.status_code == 200 and response.json()["sentiment"] in ("Negative", "Neutral", "Positive")
@@ -120,6 +124,7 @@ def test_serve_loads_the_model_from_the_bucket_and_a_restart_uses_the_cache(s3, 
         serve.shutdown()
 
 
+@pytest.mark.slow
 def test_tune_exports_its_best_trial_to_the_bucket(remove_new_placement_groups, s3, bucket_data, capsys):
     assert main(["tune", "--data", bucket_data, "--storage", s3.uri("search"), "--name", "s1", "--output",
                  s3.uri("models/best"), "--num-samples", "2", "--epochs", "1", *TINY]) == 0
@@ -127,6 +132,7 @@ def test_tune_exports_its_best_trial_to_the_bucket(remove_new_placement_groups, 
     assert {"model.safetensors", "sam_config.json", "search_results.json", "learning_curves.png"} <= set(exported)
 
 
+@pytest.mark.slow
 def test_distill_keeps_its_transfer_set_on_the_bucket(s3, bucket_model, bucket_data, capsys):
     transfer = s3.uri("transfer/t1")
     assert main(["distill", "--teacher", bucket_model, "--data", bucket_data, "--storage", s3.uri("runs"), "--transfer",
@@ -137,6 +143,7 @@ def test_distill_keeps_its_transfer_set_on_the_bucket(s3, bucket_model, bucket_d
     assert "model.safetensors" in s3.files(s3.uri("models/student"))
 
 
+@pytest.mark.slow
 def test_a_reused_name_is_refused_unless_resumed_with_the_same_config(s3, bucket_model, bucket_data, capsys):
     command = ["train", "--data", bucket_data, "--storage", s3.uri("runs"), "--name", "m1", "--output", s3.uri("models/m1"),
                "--epochs", "2", *TINY]
@@ -148,6 +155,7 @@ def test_a_reused_name_is_refused_unless_resumed_with_the_same_config(s3, bucket
     assert "no run 'none'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_credentials_given_in_uris_stay_out_of_the_output(s3, bucket_model, bucket_data, capfd):
     secret = "sEcReT-never-shown"
     with_keys = lambda uri: uri.replace("s3://", f"s3://testing:{secret}@")
@@ -158,6 +166,7 @@ def test_credentials_given_in_uris_stay_out_of_the_output(s3, bucket_model, buck
     assert json.loads(out.strip().splitlines()[-1])["predictions"] == "s3://***@sam-test/pred_keys/predictions"
 
 
+@pytest.mark.slow
 def test_a_tokenizer_and_starting_embeddings_come_from_a_model_on_the_bucket(s3, bucket_model):
     """`--tokenizer`, `--init` and `--init-embeddings` take a model on object storage: each node fetches it into its
     cache, as every worker of a cluster must, instead of reading the URI as a local path."""
@@ -167,12 +176,11 @@ def test_a_tokenizer_and_starting_embeddings_come_from_a_model_on_the_bucket(s3,
     from sam.config import ModelConfig
     from sam.models import build_model, start_from_embeddings
     from sam.tokenizer import load_tokenizer
-    from tests.test_models import best_rank_geometry
 
     tokenizer = load_tokenizer(bucket_model)
-    local = storage.local_model_dir(bucket_model)
+    local = locations.local_model_dir(bucket_model)
     assert tokenizer.get_vocab() == load_tokenizer(str(local)).get_vocab()
-    student = build_model(ModelConfig(num_layers=1, num_heads=2, d_model=32, d_ff=64, max_length=32, embedding_size=8), tokenizer)
+    student = build_model(ModelConfig(num_layers=1, num_heads=2, d_model=32, d_ff=64, max_length=32, arch="albert", embedding_size=8), tokenizer)
     start_from_embeddings(student, bucket_model)
     started = student.get_input_embeddings().weight.detach()
     teacher = AutoModel.from_pretrained(local).get_input_embeddings().weight.detach()

@@ -2,7 +2,7 @@ import pytest
 
 from sam.config import Config
 from sam.tokenizer import tokenizer_for, train_wordpiece
-from tests.conftest import tweet_rows
+from tests.helpers import tweet_rows
 
 TEXTS = [row["text"] for row in tweet_rows()]
 

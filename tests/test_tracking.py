@@ -12,9 +12,10 @@ from sam.cli import main
 from sam.predict import Predictor
 from sam.tracking import RUN_TAG, EpochLogger
 from sam.train import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_a_tracked_run_has_params_every_epoch_tags_and_a_registered_model(ray_session, tweets_dir, tmp_path, tracking):
     config = tiny_config(tweets_dir, epochs=3, patience=10)
     metrics = train(config, tmp_path / "model", storage=str(tmp_path / "runs"), name="tracked", tracked=tracking,

@@ -13,11 +13,7 @@ from sam.config import Config
 from sam.learner import EpochStats, Predictions
 from sam.predict import Predictor
 from sam.train import eval_step, scaling_config, train, train_step
-from tests.conftest import own_ray_env, tiny_config, tweet_rows
-from tests.test_learner import tiny_learner
-from tests.test_models import best_rank_geometry
-
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tweet_sentiment_extraction"
+from tests.helpers import REAL_DATA, best_rank_geometry, own_ray_env, require, tiny_config, tiny_learner, tweet_rows
 
 
 
@@ -56,6 +52,7 @@ def test_a_step_keeps_its_loss_on_the_device_until_it_is_read():
     assert isinstance(stats.loss_sum, torch.Tensor)
     assert stats.loss == pytest.approx(float(stats.loss_sum) / stats.samples)
 
+@pytest.mark.slow
 def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, tweets_dir, tmp_path):
     output = tmp_path / "model"
     metrics = train(tiny_config(tweets_dir, num_workers=2, epochs=3), output, storage=str(tmp_path / "runs"))
@@ -75,11 +72,12 @@ def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, twee
     assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_student_starts_from_a_trained_models_embeddings_and_layers(ray_session, tweets_dir, tiny_model_dir, tmp_path):
     """Through Ray Train: with a learning rate too small to move them, the exported student's token embeddings
     keep the teacher's geometry, projected onto its 8 widest directions, and its layer and head are the teacher's."""
     config = tiny_config(tweets_dir, tokenizer=str(tiny_model_dir), init_embeddings=str(tiny_model_dir), init_layers=True,
-                         embedding_size=8, epochs=1, lr=1e-12)
+                         arch="albert", embedding_size=8, epochs=1, lr=1e-12)
     train(config, tmp_path / "student", storage=str(tmp_path / "runs"))
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
@@ -98,8 +96,9 @@ def test_fractional_gpus_become_ray_worker_resources():
     assert (cpu.use_gpu, cpu.resources_per_worker) == (False, {"CPU": 1})
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="the real train split is not beside the project")
+@pytest.mark.slow
 def test_short_real_training_learns_well_above_chance(ray_session, tmp_path):
+    require(REAL_DATA.is_dir(), "the real train split", f"put the tweet_sentiment_extraction train.jsonl in {REAL_DATA}")
     # The seed sat at 37 % (chance): a small model on 6,000 real tweets must clear 55 % in one short run.
     config = tiny_config(REAL_DATA, limit_train=6000, num_layers=2, num_heads=4, d_model=64, d_ff=256,
                          vocab_size=3000, max_length=64, epochs=4, batch_size=32, warmup_steps=30, lr=1e-3,
@@ -108,6 +107,7 @@ def test_short_real_training_learns_well_above_chance(ray_session, tmp_path):
     assert metrics["val_accuracy"] >= 0.55, metrics
 
 
+@pytest.mark.slow
 def test_two_workers_holding_every_cpu_still_get_their_data(tweets_dir, tmp_path):
     """Data tasks reserve no CPU: with both CPUs of a 2-CPU Ray held by training workers, a task that waited for
     one would hang the run forever."""
@@ -127,6 +127,7 @@ def test_two_workers_holding_every_cpu_still_get_their_data(tweets_dir, tmp_path
     assert "epochs 1" in result.stdout
 
 
+@pytest.mark.slow
 def test_init_fine_tunes_the_pretrained_encoder_with_its_recipe_and_records_its_shape(ray_session, tiny_model_dir, tweets_dir,
                                                                                      tmp_path, capsys):
     """The fixture's trained model stands in for a pretrained encoder such as MiniLM."""

@@ -8,15 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import own_ray_env, tiny_config, tweet_rows, write_jsonl
 
 from sam.config import Config
-from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, fitted_space, search_space, trial_config
-
-ROOT = Path(__file__).resolve().parents[1]
-# The shape of conftest's tiny model, as command-line options (each one fixed, so out of the space).
-TINY_OPTIONS = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
-                "--vocab-size", "200", "--batch-size", "8", "--warmup-steps", "2", "--val-fraction", "0.2"]
+from sam.prepare import prepare, preparation_key
+from sam.resolve import resolve_config
+from sam.tune import D_MODELS, NUM_HEADS, RESULTS_FILE, fitted_space, preparation_samples, search_space
+from tests.helpers import ROOT, TINY_OPTIONS, own_ray_env, tiny_config, tweet_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +29,11 @@ def many_tweets(tmp_path_factory):
 def test_space_keys_are_config_knobs_and_every_shape_is_valid():
     for pretrained, distilling in ((False, False), (True, False), (False, True)):
         for _ in range(20):  # any sample is a valid config: a key that is not a knob, or a value it refuses, raises
-            trial_config(Config(), {k: domain.sample() for k, domain in search_space(pretrained, distilling).items()})
+            resolve_config(Config(), {k: domain.sample() for k, domain in search_space(pretrained, distilling).items()})
     assert set(search_space(pretrained=True)) == {"lr", "warmup_steps", "weight_decay", "batch_size"}
     for d_model in D_MODELS:
         for heads in NUM_HEADS:
-            config = trial_config(Config(), {"d_model": d_model, "num_heads": heads})
+            config = resolve_config(Config(), {"d_model": d_model, "num_heads": heads})
             assert config.model.d_model % config.model.num_heads == 0
             assert config.model.d_ff == 4 * d_model
 
@@ -45,13 +42,28 @@ def test_knobs_given_by_hand_stay_as_given():
     base = Config().with_flat(num_heads=8, d_ff=512)
     space = fitted_space(search_space(), base, fixed=("num_heads", "d_ff"))
     assert "num_heads" not in space and set(space["d_model"].categories) == {64, 128, 192, 256}
-    assert trial_config(base, {"d_model": 128}, fixed=("d_ff",)).model.d_ff == 512
-    assert trial_config(base, {"d_model": 128}).model.d_ff == 4 * 128  # not given by hand: follows the width
+    assert resolve_config(base, {"d_model": 128}, fixed=("d_ff",)).model.d_ff == 512
+    assert resolve_config(base, {"d_model": 128}).model.d_ff == 4 * 128  # not given by hand: follows the width
     three_heads = fitted_space(search_space(), Config().with_flat(num_heads=3, d_model=192), fixed=("num_heads",))
     assert set(three_heads["d_model"].categories) == {192}
     assert {"alpha", "temperature", "augment"} <= set(search_space(distilling=True))
 
 
+def test_a_search_prepares_once_per_distinct_data_its_space_can_draw():
+    from ray import tune
+
+    assert preparation_samples(search_space()) == [{}]  # the default space changes no data: one preparation
+    assert preparation_samples(search_space(distilling=True)) == [{"augment": 0}, {"augment": 1}, {"augment": 2}]
+    both = preparation_samples({"vocab_size": tune.grid_search([1000, 2000]), "max_length": tune.choice([32, 64]), "lr": tune.uniform(0, 1)})
+    assert len(both) == 4 and {"vocab_size": 2000, "max_length": 32} in both
+    assert preparation_samples({"max_length": tune.randint(16, 64)}) is None  # drawn by each trial: they prepare their own
+    base = Config()
+    trials = [resolve_config(base, {k: domain.sample() for k, domain in search_space().items()}) for _ in range(5)]
+    assert {preparation_key(trial) for trial in trials} == {preparation_key(base)}
+    assert preparation_key(base.with_flat(vocab_size=2000)) != preparation_key(base)
+
+
+@pytest.mark.slow
 def test_a_reused_search_name_is_refused_and_resume_keeps_its_settings(ray_session, many_tweets, tmp_path, capsys):
     from sam.cli import main
     from sam.tune import SearchSpec, _write_spec, experiment_path
@@ -83,6 +95,7 @@ def test_search_flags_reach_the_trials_config():
     assert search_config(build_parser().parse_args(["tune"])) == Config()
 
 
+@pytest.mark.slow
 def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_groups, many_tweets, tmp_path, monkeypatch, tracking):
     from mlflow import MlflowClient
     from ray import tune
@@ -90,10 +103,14 @@ def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_grou
 
     from sam.predict import Predictor
     from sam.tracking import DECISION_TAG, record_decisions, trial_logger
-    from sam.tune import export_best, is_complete, run_search, summarize
+    from sam.tune import export_best, is_complete, run_search, leaderboard_rows
+
+    import sam.tune
 
     # The data given relative to the caller's directory, as users type it: trials run in directories of their own.
     monkeypatch.chdir(many_tweets.parent)
+    preparations = []  # on this process, the search's driver: trials run elsewhere and would prepare in their own
+    monkeypatch.setattr(sam.tune, "prepare", lambda *args: preparations.append(args) or prepare(*args))
     base = tiny_config(Path(many_tweets.name)).with_flat(epochs=3, patience=10)
     # One good lr first, then a useless one, one trial at a time: the first trial sets ASHA's bar at epoch 1 and
     # the second falls below it, whatever the timing (grace 1, reduction factor 2, max 3 epochs).
@@ -102,7 +119,8 @@ def test_search_stops_weak_trials_and_exports_the_best(remove_new_placement_grou
                                space={"lr": tune.grid_search([3e-3, 1e-7])},
                                callbacks=[trial_logger(tracking, parent := tracking.start("tiny", {}, {}))])
     assert is_complete(results, spec)
-    rows = summarize(results, spec)
+    assert len(preparations) == 1 and spec.preparations == [{}]  # two trials, one preparation
+    rows = leaderboard_rows(results, spec)
     record_decisions(tracking, parent, rows)
     export = tmp_path / "best"
     metrics = export_best(rows, export, str(tmp_path / "storage"), "tiny")
@@ -153,6 +171,7 @@ def _finished_trials(experiment: Path) -> dict[str, int]:
     return finished
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_killed_search_resumes_without_rerunning_finished_trials(many_tweets, tmp_path):
     storage, export = tmp_path / "storage", tmp_path / "best"
