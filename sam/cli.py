@@ -51,6 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sam.resolve import resolve_config
     from sam.train import train
 
+    tracked = _tracker(args)  # first: resolving reads a models:/ init or teacher through its URI
     config = resolve_config(given_knobs(args))
     distilling = args.command == "distill"
     if distilling and not config.distill.teacher:
@@ -58,7 +59,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if distilling and resolve(args.output) == resolve(config.distill.teacher):
         raise SamError(f"--output {redact(args.output)} is the teacher: the student would replace it")
     check_output(args.output)
-    tracked = _tracker(args)
     _init_ray(args)
     data = (prepare_distilled(config, args.transfer, args.storage, progress=True, **_scoring_args(args)) if distilling
             else prepare(config))
@@ -84,13 +84,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     fixed = tuple(given_knobs(args))  # given by hand: left out of the search space
+    tracked = _tracker(args)  # first: resolving reads a models:/ init or teacher through its URI
     config = search_config(args)
     check_output(args.output)
     if config.distill.teacher:
         check_teacher_split(config)
     name = args.name or new_run_name("search")
     check_run_name("search", name, args.storage, exists(experiment_path(args.storage, name)), args.resume)
-    tracked = _tracker(args)
     _init_ray(args)
     parent = tracked.start(name, flat_params(config), run_tags(config) | {"sam.kind": "search"}) if tracked else None
     callbacks = [trial_logger(tracked, parent)] if tracked else None

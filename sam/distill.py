@@ -11,15 +11,13 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from collections import Counter
 
-import numpy as np
-import pandas as pd
 import ray.data
 
 from sam import SamError
 from sam.config import Config
-from sam.data import Split, light_tasks, split_key, text_sample, train_and_validation
+from sam.augment import transfer_rows
+from sam.data import Split, train_and_validation
 from sam.locations import local_model_dir
 from sam.predict import WEIGHTS_FILES
 from sam.prepare import PreparedData, prepared
@@ -31,52 +29,6 @@ log = logging.getLogger("sam")
 
 TRANSFER_ROOT = "~/ray_results"  # without --storage
 MANIFEST = "manifest.json"  # written last: what the set was built from and how many rows it holds
-
-
-MASK = "[MASK]"  # the BERT-family mask token: the teacher's and the corpus tokenizer's vocabularies both have it
-P_MASK, P_REPLACE, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al. 2019's rates
-
-
-REPLACEMENT_WORDS = 5000  # the most frequent training words, the pool a replaced word is drawn from
-
-
-def augment_text(text: str, rng: np.random.Generator, words: list[str]) -> str:
-    """One augmented copy (Tang et al. 2019): each word masked or swapped for a word of `words` with probability
-    0.1 each, then, a quarter of the time, only a random n-gram (n of 1 to 5) of the result kept."""
-    tokens = text.split() or [text]
-    for i, draw in enumerate(rng.random(len(tokens))):
-        if draw < P_MASK:
-            tokens[i] = MASK
-        elif draw < P_MASK + P_REPLACE and words:
-            tokens[i] = words[rng.integers(len(words))]
-    if rng.random() < P_NGRAM and len(tokens) > 1:
-        n = int(rng.integers(1, min(MAX_NGRAM, len(tokens)) + 1))
-        start = int(rng.integers(0, len(tokens) - n + 1))
-        tokens = tokens[start : start + n]
-    return " ".join(tokens)
-
-
-def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int, words: list[str]) -> pd.DataFrame:
-    """Each row, then `copies` augmented copies of it with its label; seeded by the row's text, so the same
-    transfer set comes out whatever the blocks."""
-    texts, labels = [], []
-    for text, label in zip(batch["text"], batch["label"]):
-        rng = np.random.default_rng([seed, int(split_key([text], seed)[0] * 2**32)])
-        texts += [text] + [augment_text(text, rng, words) for _ in range(copies)]
-        labels += [label] * (copies + 1)
-    return pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64)})
-
-
-def replacement_words(train: ray.data.Dataset) -> list[str]:
-    """The training sample's most frequent words, sorted: the same pool for every block and run."""
-    counts = Counter(word for text in text_sample(train) for word in text.split())
-    return sorted(word for word, _ in counts.most_common(REPLACEMENT_WORDS))
-
-
-def transfer_rows(train: ray.data.Dataset, copies: int, seed: int) -> ray.data.Dataset:
-    """The distillation transfer set: the training rows and `copies` augmented copies of each."""
-    return train.map_batches(_with_augmented_copies, batch_format="pandas", **light_tasks(),
-                             fn_kwargs={"copies": copies, "seed": seed, "words": replacement_words(train)})
 
 
 @dataclass
@@ -126,7 +78,7 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
             scored.select_columns(["text", "true_label", "logits", SCORER]) \
                 .rename_columns({"true_label": "label", "logits": "teacher_logits"}) \
                 .write_parquet(ray_data_path(join(directory, part)), ray_remote_args={"num_cpus": 0})
-            count = ray.data.read_parquet(ray_data_path(join(directory, part))).count()
+            count = _read_transfer(join(directory, part), progress).count()
         except BaseException:
             delete_dir(join(directory, part))  # nothing half-written left behind
             raise
@@ -137,7 +89,13 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
         differ = sorted(k for k in key if manifest["key"].get(k) != key[k])
         raise SamError(f"{redact(directory)}: a transfer set for another {', '.join(differ)}; remove it or choose another --transfer")
     log.info("transfer set %s: %d rows", redact(directory), manifest["rows"])
-    return Transfer(ray.data.read_parquet(ray_data_path(join(directory, manifest["part"]))), manifest["rows"])
+    return Transfer(_read_transfer(join(directory, manifest["part"]), progress), manifest["rows"])
+
+
+def _read_transfer(part: str, progress: bool) -> ray.data.Dataset:
+    rows = ray.data.read_parquet(ray_data_path(part))
+    rows.context.enable_progress_bars = progress  # its own read: never the process's Ray Data settings
+    return rows
 
 
 def transfer_location(config: Config, transfer: str | None = None, root: str | None = None) -> str:

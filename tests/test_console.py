@@ -72,7 +72,7 @@ def test_piped_output_is_plain_lines_and_verbose_brings_ray_back(tweets_dir, tmp
 
 @pytest.mark.slow
 def test_piped_distill_prints_plain_lines_while_its_teacher_scores_and_its_student_trains(tiny_model_dir, tweets_dir, tmp_path):
-    output = piped(sam_train(tweets_dir, tmp_path, "--teacher", str(tiny_model_dir), "--augment", "1", command="distill"))
+    output = piped(sam_train(tweets_dir, tmp_path, "--teacher", str(tiny_model_dir), "--augment", "1", "--embedding-size", "16", command="distill"))
     assert "scoring the transfer set" in output and "epoch 2/2: train loss" in output
 
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sam.cli import main
 from sam.config import Config
-from sam.distill import MASK, _with_augmented_copies
+from sam.augment import MASK, _with_augmented_copies
 from sam.learner import distillation_loss
 from sam.scoring import SCORER
 from tests.helpers import TINY_OPTIONS, tiny_config, tweet_rows, write_jsonl
