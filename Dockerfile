@@ -1,26 +1,29 @@
 # SAM's Serve app as an image: the page at /, POST /predict, /healthz.
 #   docker build -t sam .                                   # CPU torch; no model inside
 #   docker build -t sam --build-arg MODEL=models/latest .   # a model directory of the build context baked in
+#   docker build -t sam-serve --build-arg SERVE_ONLY=1 .    # serving on ONNX Runtime only: no torch
 #   docker run -p 8000:8000 sam                             # with a baked model; else -e MODEL_DIR=s3://... or models:/...
 # CUDA: --build-arg TORCH_FROM="--index-url https://download.pytorch.org/whl/cu126" and run with --gpus all, NUM_GPUS=1.
+# RUNTIME=torch|onnx|onnx-int8 at run time picks the runtime (default: onnx on a CPU); SERVE_ONLY images need a
+# model directory that carries its onnx/ files, as every SAM export does.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_FROM="--index-url https://download.pytorch.org/whl/cpu"
+ARG SERVE_ONLY=
 ENV VIRTUAL_ENV=/opt/sam PATH=/opt/sam/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PORT=8000 MODEL_DIR=/app/models/latest
 
 RUN useradd --create-home --uid 1000 sam && python3 -m venv "$VIRTUAL_ENV"
-# Pinned torch first, from its own index: a bare requirement would pull a multi-GB CUDA build.
-# hadolint ignore=SC2086,DL3013
-RUN pip install $TORCH_FROM "torch==${TORCH_VERSION}"
-
 WORKDIR /app
-# Dependencies before the source, so a code change rebuilds only the layers below.
-COPY pyproject.toml README.md ./
-# hadolint ignore=DL3013
-RUN mkdir sam && touch sam/__init__.py && pip install . && pip uninstall -y sam && rm -rf sam build ./*.egg-info
+# Dependencies before the source, so a code change rebuilds only the layers below. Pinned torch first, from its
+# own index: a bare requirement would pull a multi-GB CUDA build. SERVE_ONLY: the serving requirements alone.
+COPY pyproject.toml README.md deploy/container/serve-requirements.txt ./
+# hadolint ignore=SC2086,DL3013
+RUN if [ -n "$SERVE_ONLY" ]; then pip install -r serve-requirements.txt; \
+    else pip install $TORCH_FROM "torch==${TORCH_VERSION}" && mkdir sam && touch sam/__init__.py && pip install . \
+         && pip uninstall -y sam && rm -rf sam build ./*.egg-info; fi
 COPY sam ./sam
 COPY serve_app.py serve_config.yaml ./
 COPY tune ./tune

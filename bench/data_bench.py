@@ -130,12 +130,9 @@ def scoring_phase(directory: str, model: str, limit: int | None) -> dict:
 
 
 def raw_model(model: str, texts: int = 4096) -> float:
-    import torch
-
     from sam.predict import Predictor
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    predictor = Predictor(model, quantize=True)
+    predictor = Predictor(model, quantize=True, threads=os.cpu_count() or 1)
     sample = [json.loads(line)["text"] or "." for line in SHARED.read_text().splitlines()[:texts]]
     predictor.scores(sample[:SCORE_BATCH])
     started = time.perf_counter()

@@ -1,6 +1,8 @@
 """What a search pays to prepare its data: the same search (a tiny encoder, one epoch per trial, lr searched) with
 the data prepared once on the driver, as `sam tune` does, against every trial preparing its own, as it did before
-(issue 44), in interleaved rounds: the search's wall time and the object store's peak while it runs.
+(issue 44), in interleaved rounds: the search's wall time and the object store's peak while it runs. Each search
+runs in a process and a Ray of its own: a search's prepared data stays pinned for the life of the process that
+made it, and would weigh on the next round.
 
     python bench/search_bench.py [--data D] [--limit-train 8000] [--trials 4] [--rounds 5] [--cpus 2]
 
@@ -10,6 +12,7 @@ Prints a table, then JSON on the last line: each round's figures and the median 
 import argparse
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,29 +49,39 @@ class StorePeak:
         self._thread.join()
 
 
-def searched(args, once: bool, peaks: list) -> float:
-    """One search, its wall time in seconds (`interleaved` wants higher-is-better rates: 1 / seconds)."""
-    import sam.tune
+def search(args, once: bool) -> dict:
+    """One search in this process: its wall time and the object store's peak."""
+    import ray
     from ray import tune
 
+    import sam.tune
     from sam.config import Config
 
-    prepare_once = sam.tune.prepare_once
     if not once:  # no preparation up front: each trial falls back to making its own, as every trial did before
         sam.tune.prepare_once = lambda spec, experiment: {}
     base = Config().with_flat(source=str(args.data), limit_train=args.limit_train, **TINY)
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as storage, StorePeak() as peak:
             started = time.perf_counter()
             results, _ = sam.tune.run_search(base, storage, "bench", num_samples=args.trials, fixed=tuple(TINY),
                                              space={"lr": tune.loguniform(1e-4, 2e-3)})
             seconds = time.perf_counter() - started
-        assert not results.errors, results.errors
     finally:
-        sam.tune.prepare_once = prepare_once
-    peaks.append({"once": once, "seconds": round(seconds, 1), "store_peak_mib": peak.peak_mib})
-    print(f"  {'prepared once' if once else 'per trial':>13}: {seconds:6.1f} s, object store peak {peak.peak_mib:.0f} MiB", flush=True)
-    return 1 / seconds
+        ray.shutdown()
+    assert not results.errors, results.errors
+    return {"once": once, "seconds": round(seconds, 1), "store_peak_mib": peak.peak_mib}
+
+
+def searched(args, once: bool, runs: list) -> float:
+    """One search in a fresh process; a rate for `interleaved` (higher is better): searches per hour."""
+    command = [sys.executable, __file__, "--one", "once" if once else "per-trial", "--data", str(args.data),
+               "--limit-train", str(args.limit_train), "--trials", str(args.trials), "--cpus", str(args.cpus)]
+    run = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    runs.append(run)
+    print(f"  {'prepared once' if once else 'per trial':>13}: {run['seconds']:6.1f} s, "
+          f"object store peak {run['store_peak_mib']:.0f} MiB", flush=True)
+    return 3600 / run["seconds"]
 
 
 def main() -> None:
@@ -78,17 +91,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs: trials at once, one worker each")
+    parser.add_argument("--one", choices=["once", "per-trial"], help=argparse.SUPPRESS)  # one round's side
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(search(args, args.one == "once")))
+        return
 
-    import ray
-
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     figures: list[dict] = []
-    try:
-        result = interleaved(lambda: searched(args, True, figures), lambda: searched(args, False, figures), rounds=args.rounds)
-    finally:
-        ray.shutdown()
-    print(format_rounds(result, "once", "per trial", unit="searches/s; ratio = speed-up of preparing once"))
+    result = interleaved(lambda: searched(args, True, figures), lambda: searched(args, False, figures), rounds=args.rounds)
+    print(format_rounds(result, "once", "per trial", unit="searches/hour; ratio = speed-up of preparing once"))
     print(json.dumps({"trials": args.trials, "limit_train": args.limit_train, "cpus": args.cpus, "runs": figures, **result}))
 
 

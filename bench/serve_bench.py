@@ -117,17 +117,15 @@ def wait_ready(port: int, timeout_s: float = 120) -> None:
     raise TimeoutError(f"no /healthz on port {port} after {timeout_s} s")
 
 
-def plain_server(model: str, port: int, threads: int, device: str, quantize: bool) -> None:
+def plain_server(model: str, port: int, threads: int, device: str, runtime: str | None) -> None:
     """The baseline: FastAPI + uvicorn, one process, one request at a time through the same Predictor."""
-    import torch
     import uvicorn
     from fastapi import FastAPI
 
     from sam.predict import Predictor
     from sam.api import PredictRequest, SingleRequest
 
-    torch.set_num_threads(threads)
-    predictor = Predictor(model, device=device, quantize=quantize)
+    predictor = Predictor(model, device=device, runtime=runtime, threads=threads)
     app = FastAPI()
 
     @app.post("/predict")
@@ -156,12 +154,9 @@ def texts_per_s(predictor, texts: list[str], batch_size: int, seconds: float) ->
 
 def raw_model(args: argparse.Namespace, texts: list[str], seconds: float = 3.0) -> list[dict]:
     """The raw model's texts/s at batch 1 and at the largest batch, with the CPU steal while each ran."""
-    import torch
-
     from sam.predict import Predictor
 
-    torch.set_num_threads(threads(args))
-    predictor = Predictor(args.model, device=args.device, quantize=quantize(args))
+    predictor = Predictor(args.model, device=args.device, runtime=runtime(args), threads=threads(args))
     rows = []
     for batch_size in raw_batch_sizes(args):
         mark = cpu_times()
@@ -186,8 +181,12 @@ def threads(args: argparse.Namespace) -> int:
     return max(1, int(args.num_cpus))
 
 
-def quantize(args: argparse.Namespace) -> bool:
-    return args.quantize and args.device == "cpu"  # dynamic int8 is CPU only, as in the deployment
+def runtime(args: argparse.Namespace) -> str | None:
+    """The one runtime of the replica, the plain server and the raw model (default: the device's, as Serve's);
+    int8 is a CPU runtime."""
+    if args.quantize:
+        return "onnx-int8" if args.device == "cpu" else None
+    return args.runtime
 
 
 def raw_batch_sizes(args: argparse.Namespace) -> list[int]:
@@ -199,12 +198,12 @@ def serve_args(args: argparse.Namespace):
 
     return ServeArgs(model_dir=args.model, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait,
                      max_ongoing_requests=args.max_ongoing, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                     quantize=args.quantize)
+                     runtime=runtime(args))
 
 
 def plain_command(args: argparse.Namespace, port: int) -> list[str]:
     return [sys.executable, __file__, "--model", args.model, "--plain-server", str(port), "--num-cpus", str(args.num_cpus),
-            "--device", args.device] + ["--quantize"] * quantize(args)
+            "--device", args.device] + (["--runtime", runtime(args)] if runtime(args) else [])
 
 
 @contextlib.contextmanager
@@ -283,7 +282,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-cpus", type=float, default=1, help="CPUs (and torch threads) for the replica and the plain server")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="where both servers and the raw model run (default: cuda when there is one)")
     parser.add_argument("--num-gpus", type=float, default=None, help="the replica's GPU share (default 1 on cuda, 0 on cpu)")
-    parser.add_argument("--quantize", action="store_true", help="dynamic int8 in the replica, the plain server and the raw model (CPU only)")
+    parser.add_argument("--runtime", choices=["torch", "onnx", "onnx-int8"], default=None,
+                        help="the replica's, the plain server's and the raw model's runtime (default: the device's, as Serve's)")
+    parser.add_argument("--quantize", action="store_true", help="the same as --runtime onnx-int8")
     parser.add_argument("--dry-run", action="store_true", help="print the plan as JSON and start nothing")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--plain-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
@@ -304,7 +305,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace) -> dict:
-    return {"device": args.device, "num_gpus": args.num_gpus, "quantize": quantize(args), "concurrency": args.concurrency,
+    return {"device": args.device, "num_gpus": args.num_gpus, "runtime": runtime(args), "concurrency": args.concurrency,
             "rounds": args.rounds, "duration_s": args.duration, "raw_batch_sizes": raw_batch_sizes(args),
             "serve": serve_args(args).model_dump(), "plain_server": plain_command(args, 0)}
 
@@ -312,7 +313,7 @@ def plan(args: argparse.Namespace) -> dict:
 def main() -> None:
     args = parse_args()
     if args.plain_server is not None:
-        return plain_server(args.model, args.plain_server, threads(args), args.device, quantize(args))
+        return plain_server(args.model, args.plain_server, threads(args), args.device, runtime(args))
     if args.dry_run:
         return print(json.dumps(plan(args)))
     if args.device == "cuda":
@@ -355,7 +356,7 @@ def main() -> None:
     say(f"batching can gain at most {ceiling}x (raw batch {args.max_batch_size} / batch 1); batched Serve at "
         f"{headline['concurrency']} clients (median) reaches {share_of_raw:.0%} of raw batch {args.max_batch_size}; CPU steal {steal} %")
     print(json.dumps({
-        "env": modes, "device": args.device, "num_gpus": args.num_gpus, "num_cpus": args.num_cpus, "quantize": quantize(args),
+        "env": modes, "device": args.device, "num_gpus": args.num_gpus, "num_cpus": args.num_cpus, "runtime": runtime(args),
         "rounds": args.rounds, "duration_s": args.duration, "concurrency": headline["concurrency"],
         "ratios": headline["ratios"], "median_ratio": headline["median_ratio"],
         "min_ratio": headline["min_ratio"], "max_ratio": headline["max_ratio"],

@@ -104,7 +104,8 @@ class ModelInfo(BaseModel):
     config: dict[str, Any] = Field(description="SAM's training settings (sam_config.json); empty for another model")
     metrics: dict[str, Any]
     device: str
-    quantized: bool
+    runtime: str = Field(description="torch, onnx (ONNX Runtime fp32) or onnx-int8")
+    quantized: bool = Field(description="the runtime is onnx-int8")
     batching: Batching
 
 

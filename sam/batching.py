@@ -8,15 +8,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from sam.encoding import pad_ids
 
-def pad_batch(ids: Iterable[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pads to the longest sequence in this batch (dynamic padding), with its attention mask."""
-    rows = [torch.tensor(row, dtype=torch.long) for row in ids]  # a copy: Ray Data's arrays are read-only
-    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        attention_mask[i, : len(row)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+def pad_batch(ids: Sequence[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
+    """`pad_ids` as tensors (fresh arrays: Ray Data's own are read-only)."""
+    return {name: torch.from_numpy(array) for name, array in pad_ids(ids, pad_id).items()}
 
 
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
@@ -55,17 +52,3 @@ def epoch_batches(rows, config, epoch: int, pad_id: int) -> Iterator[dict[str, t
     windows = rows.iter_batches(batch_size=window, batch_format="numpy", local_shuffle_seed=config.seed + epoch,
                                 local_shuffle_buffer_size=max(config.shuffle_buffer, 2 * window))
     return training_batches(windows, config.batch_size, pad_id, config.seed + epoch)
-
-
-def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Indices of rows in length order, grouped so that no group pads to more than `max_tokens` tokens (rows
-    times its longest row); a longer row still gets a group of its own.
-
-    For inference: random tweets padded together are about half padding (docs/benchmarks.md has the figures)."""
-    chunks: list[list[int]] = []
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if chunks and (len(chunks[-1]) + 1) * lengths[index] <= max_tokens:
-            chunks[-1].append(index)
-        else:
-            chunks.append([index])
-    return chunks

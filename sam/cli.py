@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from sam import SamError
 from sam.config import CARVED, DEFAULT_MODEL_DIR, HOLDOUT, VALIDATION, Config, add_config_arguments, given_knobs
 from sam.locations import local_model_dir
+from sam.runtimes import RUNTIMES
 from sam.storage import exists, join, redact, resolve
 
 log = logging.getLogger("sam")
@@ -119,7 +120,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _scoring_args(args: argparse.Namespace) -> dict:
-    return {"actors": args.actors, "gpus_per_actor": args.gpus_per_actor, "quantize": args.quantize}
+    return {"actors": args.actors, "gpus_per_actor": args.gpus_per_actor, "runtime": _runtime(args)}
+
+
+def _runtime(args: argparse.Namespace) -> str | None:
+    return "onnx-int8" if args.quantize else args.runtime
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -128,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sam.predict import Predictor
     from sam.scoring import confusion, score_rows
 
-    Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
+    Predictor(args.model, runtime=_runtime(args))  # a broken model directory is one line here, before Ray starts, not an actor's traceback
     tracked = _tracker(args)
     _init_ray(args)
     if args.split in CARVED:  # the model's own split settings, over the data given here
@@ -185,11 +190,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return predict_dataset(args)
     from sam.predict import Predictor
 
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, runtime=_runtime(args))
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
     blank = [i for i, text in enumerate(texts) if not text.strip()]
     for i, prediction in enumerate(predictor.predict([t if t.strip() else "." for t in texts])):
         print(json.dumps({"text": texts[i], "error": "blank text"} if i in blank else {"text": texts[i], **prediction}))
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from sam.onnx_export import add_onnx
+
+    _init_ray(args)  # the check reads its rows with Ray Data
+    print(json.dumps(add_onnx(args.model, args.data)))
     return 0
 
 
@@ -202,7 +215,7 @@ def predict_dataset(args: argparse.Namespace) -> int:
 
     if not args.output:
         raise SamError("--data needs --output, the directory to write the predictions to")
-    Predictor(args.model)  # a broken model directory is one line here, before Ray starts, not an actor's traceback
+    Predictor(args.model, runtime=_runtime(args))  # a broken model directory is one line here, before Ray starts, not an actor's traceback
     _init_ray(args)
     started = time.time()
     predictions, rejects = join(args.output, "predictions"), join(args.output, "rejects")
@@ -247,7 +260,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, default=1, help="model replicas scoring in parallel, one CPU (or --gpus-per-actor) each (default: 1)")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per replica; a fraction packs several on one GPU (default: 0, CPU)")
-    parser.add_argument("--quantize", action="store_true", help="dynamic int8 on CPU, as Serve's quantize=true")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="what predicts: torch, onnx (ONNX Runtime fp32) or onnx-int8 (default: onnx on a CPU, as Serve)")
+    parser.add_argument("--quantize", action="store_true", help="the same as --runtime onnx-int8, as Serve's quantize=true")
 
 
 def add_monitoring_arguments(parser: argparse.ArgumentParser, tracking: bool = True, register: bool = False) -> None:
@@ -337,6 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_scoring_arguments(predict)
     add_monitoring_arguments(predict, tracking=False)
     predict.set_defaults(run=cmd_predict)
+
+    export = commands.add_parser(
+        "export-onnx", help="add ONNX files (fp32 and int8) to a model directory, checked against torch",
+        description="Writes MODEL/onnx/model.onnx and, when it keeps at least 99 %% of fp32's labels and its accuracy "
+                    "within half a point, onnx/model_int8.onnx; the check's figures go into metrics.json. SAM's own "
+                    "exports carry them already; this adds them to an older or a plain Hugging Face directory.")
+    export.add_argument("model", help="model directory: path, URI or models:/NAME/VERSION")
+    export.add_argument("--data", default=None, help="labelled rows to check on (default: the model's own validation split)")
+    add_monitoring_arguments(export, tracking=False)
+    export.set_defaults(run=cmd_export_onnx)
 
     tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="action", required=True)
     tokenizer_train = tokenizer.add_parser("train", help="train a WordPiece tokenizer on the train texts")

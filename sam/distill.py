@@ -19,7 +19,7 @@ from sam.config import Config
 from sam.augment import transfer_rows
 from sam.data import Split, train_and_validation
 from sam.locations import local_model_dir
-from sam.predict import WEIGHTS_FILES
+from sam.runtimes import WEIGHTS_FILES
 from sam.prepare import PreparedData, prepared
 from sam.resolve import teacher_config
 from sam.scoring import SCORER, score_rows
@@ -62,7 +62,7 @@ def transfer_dir(config: Config, root: str) -> str:
 
 
 def build_transfer_set(config: Config, split: Split, directory: str, actors: int = 1, gpus_per_actor: float = 0.0,
-                       quantize: bool = False, progress: bool = False) -> Transfer:
+                       runtime: str | None = None, progress: bool = False) -> Transfer:
     """The training rows and their augmented copies with the teacher's logits, scored once by a pool of teacher
     replicas and streamed to parquet in `directory` (a local path or a URI); a complete set for the same key is
     reused. Each writer writes a part of its own and the manifest, written last, names the part that holds the set: two runs (or trials)
@@ -72,7 +72,7 @@ def build_transfer_set(config: Config, split: Split, directory: str, actors: int
         part = f"part-{secrets.token_hex(4)}"
         log.info("scoring the transfer set with teacher %s into %s", redact(config.distill.teacher), redact(directory))
         rows = transfer_rows(split.train, config.distill.augment, config.train.seed)
-        scored = score_rows(rows, config.distill.teacher, actors=actors, gpus_per_actor=gpus_per_actor, quantize=quantize,
+        scored = score_rows(rows, config.distill.teacher, actors=actors, gpus_per_actor=gpus_per_actor, runtime=runtime,
                             with_logits=True, progress=progress)
         try:
             scored.select_columns(["text", "true_label", "logits", SCORER]) \

@@ -15,7 +15,6 @@ import pyarrow.fs
 from filelock import FileLock
 
 from sam.storage import StorageError, filesystem, is_model_uri, is_uri, listing, readable_here, redact, resolve
-from sam.tracking import download_model, registered_version
 
 CACHE_ENV, DEFAULT_CACHE = "SAM_CACHE_DIR", "~/.cache/sam/models"
 
@@ -51,6 +50,15 @@ def local_model_dir(path: str | Path) -> Path:
     return _fill_once(cached, fetch)
 
 
+def derived_dir(directory: Path, kind: str, make: Callable[[Path], Path]) -> Path:
+    """What `make` derives from a local model directory (its ONNX export), made once per node into the cache and
+    keyed as a fetched URI is: by the directory's place and its files' names, sizes and modification times."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    version = hashlib.sha256(repr([(str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode())
+    where = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+    return _fill_once(cache_root() / f"{directory.name}-{kind}-{where}-{version.hexdigest()[:16]}", make)
+
+
 def _fill_once(cached: Path, fill: Callable[[Path], Path]) -> Path:
     """`cached`, filled by `fill` (given an empty staging directory, it returns the directory to keep) unless
     it is there already; replicas and actors on one node fill it once between them, and a failed fill leaves
@@ -79,11 +87,15 @@ def model_location(path: str | Path) -> str:
 def pinned(uri: str) -> str:
     """A registered model as every process of a job finds the same files: the version's files when storage reads
     them (a local path, s3://...), else `models:/NAME/VERSION`, which each node downloads through MLflow."""
+    from sam.tracking import registered_version  # MLflow and Ray Train: only for a registered model
+
     name, version, source = registered_version(uri)
     return source if readable_here(source) else f"models:/{name}/{version}"
 
 
 def _registered_model_dir(uri: str) -> Path:
+    from sam.tracking import download_model, registered_version  # MLflow and Ray Train: only for a registered model
+
     source = registered_version(uri)[2]
     if readable_here(source):
         return local_model_dir(source)

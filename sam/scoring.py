@@ -18,12 +18,12 @@ import pyarrow.compute
 import pyarrow.parquet
 import ray
 import ray.data
-import torch
 
 from sam import LABELS
 from sam.data import PROBLEM_EXAMPLES, LoadReport
 from sam.locations import model_location
-from sam.predict import Predictor, check_model_dir, prediction_columns
+from sam.predict import Predictor, prediction_columns, softmax
+from sam.runtimes import check_model_dir
 from sam.storage import delete_dir, filesystem, is_uri, join, write_text
 
 # Added by each scoring actor for `ScoredSink`'s report (which actor scored a row, and when); never written.
@@ -37,8 +37,8 @@ class BatchScorer:
     to its predictions, one output row per input row, in order. Rows with a `problem` pass through unscored
     (label -1), so a job can score and reject in one pass over its source."""
 
-    def __init__(self, model_dir: str, quantize: bool = False, with_logits: bool = False):
-        self.predictor = Predictor.in_actor(model_dir, quantize)
+    def __init__(self, model_dir: str, runtime: str | None = None, with_logits: bool = False):
+        self.predictor = Predictor.in_actor(model_dir, runtime)
         self.with_logits = with_logits
         self.name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
 
@@ -49,8 +49,8 @@ class BatchScorer:
         columns = {"sentiment": [""] * len(batch), "label": [-1] * len(batch), "confidence": [0.0] * len(batch),
                    "scores": [None] * len(batch)}  # what a row with a problem gets
         if len(rows):
-            logits[rows] = self.predictor.logits(batch["text"].iloc[rows].tolist()).numpy()
-            for name, values in prediction_columns(torch.from_numpy(logits[rows]).softmax(-1).numpy()).items():
+            logits[rows] = self.predictor.logits(batch["text"].iloc[rows].tolist())
+            for name, values in prediction_columns(softmax(logits[rows])).items():
                 for row, value in zip(rows, values):
                     columns[name][row] = value
         scored = pd.DataFrame(columns).astype({"label": np.int64})
@@ -64,7 +64,7 @@ class BatchScorer:
 
 
 def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, gpus_per_actor: float = 0.0,
-               quantize: bool = False, batch_size: int = 256, with_logits: bool = False,
+               runtime: str | None = None, batch_size: int = 256, with_logits: bool = False,
                progress: bool = False) -> ray.data.Dataset:
     """Rows (text; id, label and a problem where present) scored by a pool of `actors` model replicas, lazily.
     The job's settings go on `rows`' own context (each read has its own), so every caller gets them: small blocks
@@ -78,7 +78,7 @@ def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, g
     context.enable_progress_bars = progress
     return rows.map_batches(
         # A URI, so that each node's actors fetch the model into that node's cache, or an absolute local path.
-        BatchScorer, fn_constructor_kwargs={"model_dir": model_location(model_dir), "quantize": quantize,
+        BatchScorer, fn_constructor_kwargs={"model_dir": model_location(model_dir), "runtime": runtime,
                                             "with_logits": with_logits},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pandas",
         num_cpus=0 if gpus_per_actor else 1, num_gpus=gpus_per_actor or None,

@@ -24,7 +24,8 @@ from sam import LABELS
 from sam.api import (OPENAPI_EXAMPLES, MAX_TEXTS, BatchPrediction, Health, ModelInfo, Prediction, PredictRequest, SingleRequest,
                      ValidationDetail, api)
 from sam.config import DEFAULT_MODEL_DIR
-from sam.predict import ModelDirError, Predictor, check_model_dir
+from sam.predict import Predictor
+from sam.runtimes import ModelDirError, Runtime
 from sam.locations import model_location
 from sam.storage import is_model_uri
 from sam.tracking import URI_ENV, tracking_uri
@@ -55,10 +56,10 @@ class ServeArgs(BatchSettings):
     autoscaling_config: Optional[dict] = None  # replaces num_replicas when given (a dict, or JSON on the CLI)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    # Dynamic int8 Linear layers (CPU only): twice the throughput at the same validation accuracy (docs/benchmarks.md), but
-    # activations are scaled per batch, so a text's scores move slightly with its batch neighbours. Off keeps
-    # every answer exactly what the text gets alone.
-    quantize: bool = False
+    # torch, onnx (ONNX Runtime fp32) or onnx-int8; default: onnx on a CPU, where every answer is what the text
+    # gets alone, as torch's. int8 activations are scaled per batch: a text's scores move slightly with its neighbours.
+    runtime: Optional[Runtime] = None
+    quantize: bool = False  # the same as runtime=onnx-int8
 
     @field_validator("autoscaling_config", mode="before")
     @classmethod
@@ -77,8 +78,8 @@ class ServeArgs(BatchSettings):
 @serve.deployment(name="Sentiment")
 @serve.ingress(api)
 class SentimentDeployment:
-    def __init__(self, model_dir: str, quantize: bool = False):
-        self.predictor = Predictor.in_actor(model_dir, quantize)
+    def __init__(self, model_dir: str, runtime: Optional[str] = None, quantize: bool = False):
+        self.predictor = Predictor.in_actor(model_dir, runtime, quantize)
         self.recent_batch_sizes: deque[int] = deque(maxlen=64)  # shown at /model: proof that batching happens
         self.predictions = Counter("sam_predictions", description="Predictions served, by label.", tag_keys=("label",))
         self.batch_sizes = Histogram("sam_batch_size", description="Texts per forward pass.", boundaries=BATCH_SIZE_BUCKETS)
@@ -132,6 +133,7 @@ class SentimentDeployment:
             "config": self.predictor.config.to_dict() if self.predictor.config else {},
             "metrics": metrics,
             "device": str(self.predictor.device),
+            "runtime": self.predictor.runtime,
             "quantized": self.predictor.quantized,
             "batching": {**self.batching, "recent_batch_sizes": list(self.recent_batch_sizes)},
         }
@@ -145,10 +147,10 @@ class UnservableModelDir(ModelDirError, click.ClickException):
 
 
 def build_app(args: ServeArgs) -> Application:
-    """The application builder. A bad model directory fails here, once, in one line, instead of as a
+    """The application builder. A bad model directory (or ONNX file) fails here, once, in one line, instead of as a
     replica constructor that Serve retries forever."""
     try:
-        check_model_dir(args.model_dir)
+        Predictor(args.model_dir, runtime=args.runtime, quantize=args.quantize)
     except ModelDirError as error:
         raise UnservableModelDir(f"sam serve: {error}") from None
     scaling = {"autoscaling_config": args.autoscaling_config} if args.autoscaling_config else {"num_replicas": args.num_replicas}
@@ -161,4 +163,4 @@ def build_app(args: ServeArgs) -> Application:
         ray_actor_options=actor_options,
         user_config=args.model_dump(include=set(BatchSettings.model_fields)),
         **scaling,
-    ).bind(model_dir, args.quantize)  # each replica's node fetches a URI into its own cache
+    ).bind(model_dir, args.runtime, args.quantize)  # each replica's node fetches a URI into its own cache

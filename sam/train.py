@@ -25,6 +25,7 @@ from sam import SamError, checkpoint
 from sam.batching import collate, epoch_batches
 from sam.console import EpochProgress, ProgressSettings
 from sam.config import CONFIG_FILE, Config, ScaleConfig
+from sam.onnx_export import export_onnx, tokenized_rows
 from sam.prepare import PreparedData, prepare
 from sam.learner import EpochStats, Learner, Predictions, autocast, to_device, warmup_steps
 from sam.locations import local_model_dir
@@ -287,7 +288,7 @@ def train(config: Config, output: str | Path, storage: str | None = None, name: 
         metrics = checkpoint.export(best, output, {
             "n_train": data.n_train, "n_val": data.n_val, "dropped_rows": dict(data.report.dropped),
             "wall_s": time.perf_counter() - started,
-        }, latest=result.checkpoint)
+        }, latest=result.checkpoint, extras=lambda directory: export_onnx(directory, *tokenized_rows(data.val)))
         if tracked:
             metrics.update(finish_tracking(tracked, run_id, metrics, output, register))
     log.info("best epoch %d of %d: val accuracy %.4f, macro-F1 %.4f; model directory %s",

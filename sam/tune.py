@@ -23,6 +23,7 @@ from sam import SamError, checkpoint
 from sam.config import Config
 from sam.console import ProgressSettings
 from sam.distill import prepare_distilled
+from sam.onnx_export import export_onnx, labelled_rows
 from sam.prepare import PREPARATION_KNOBS, PreparedData, prepare, preparation_key
 from sam.resolve import resolve_config
 from sam.storage import filesystem as uri_filesystem, join, redact, resolve
@@ -309,6 +310,7 @@ def export_best(rows: list[dict], output: str | Path, storage: str, name: str) -
         Path(directory, RESULTS_FILE).write_text(json.dumps([{k: v for k, v in row.items() if k != "curve"} | {
             "val_accuracy_by_epoch": [acc for _, acc in row["curve"]]} for row in rows], indent=2, default=str) + "\n")
         plot_curves(rows, Path(directory, CURVES_FILE))
+        export_onnx(directory, *labelled_rows(directory))
 
     return checkpoint.export(best_checkpoint, output, {"trial_id": best["trial_id"], "search": redact(experiment_path(storage, name)),
                                                        "search_config": best["config"]}, latest=latest, extras=leaderboard)

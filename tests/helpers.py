@@ -89,6 +89,24 @@ def encoder_dir(directory: Path, config: Config | None = None) -> Path:
     return directory
 
 
+def plain_hf_directory(sam_model, directory, order: list[int], safetensors: bool = True):
+    """`sam_model` as another tool would save it: no sam_config.json or metrics.json, its labels named in its own
+    order (the head's rows permuted to match, so it is the same model)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(sam_model)
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight[order])
+        model.classifier.bias.copy_(model.classifier.bias[order])
+    names = ["negative", "neutral", "positive"]
+    model.config.id2label = {i: names[label] for i, label in enumerate(order)}
+    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
+    model.save_pretrained(directory, safe_serialization=safetensors)
+    AutoTokenizer.from_pretrained(sam_model).save_pretrained(directory)
+    return directory
+
+
 def own_ray_env(**extra) -> dict:
     """The environment for a command that starts a Ray of its own: none of this session's Ray variables (its
     address, its temp dir), the tests' Ray settings kept as they are in effect."""

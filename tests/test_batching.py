@@ -1,6 +1,7 @@
 import numpy as np
 
-from sam.batching import collate, length_bucketed, pad_batch, token_budget_chunks
+from sam.batching import collate, length_bucketed, pad_batch
+from sam.encoding import token_budget_chunks
 
 
 def ids(*lengths: int) -> np.ndarray:

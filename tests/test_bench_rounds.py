@@ -67,9 +67,9 @@ def test_serve_bench_on_cuda_puts_both_servers_and_the_raw_model_on_the_gpu():
     gpu = serve_bench.plan(serve_bench.parse_args(["--model", "m", "--device", "cuda", "--quantize"]))
     assert gpu["serve"]["num_gpus"] == 1 and gpu["concurrency"] == [1, 32, 128] and gpu["raw_batch_sizes"] == [1, 32, 256]
     assert gpu["plain_server"][gpu["plain_server"].index("--device") + 1] == "cuda"
-    assert gpu["quantize"] is False and "--quantize" not in gpu["plain_server"]  # int8 is CPU only
+    assert gpu["runtime"] is None and "--runtime" not in gpu["plain_server"]  # int8 is CPU only: the device's default
     cpu = serve_bench.plan(serve_bench.parse_args(["--model", "m", "--device", "cpu", "--quantize"]))
     assert cpu["serve"]["num_gpus"] == 0 and cpu["concurrency"] == [32] and cpu["raw_batch_sizes"] == [1, 32]
-    assert "--quantize" in cpu["plain_server"]
+    assert cpu["runtime"] == "onnx-int8" and cpu["plain_server"][-2:] == ["--runtime", "onnx-int8"]
     with pytest.raises(SystemExit):  # a GPU replica against a CPU plain server would compare devices, not servers
         serve_bench.parse_args(["--model", "m", "--device", "cpu", "--num-gpus", "0.5"])

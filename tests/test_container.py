@@ -1,6 +1,7 @@
-"""The image (root Dockerfile) built and run on this machine with buildah, where no registry is reachable: a local
-Debian base from ../shared/container/build-base.sh, this machine's CPU torch wheel mounted into the build, a tiny
-model baked in; then /healthz, the page and /predict answer from the container on loopback.
+"""The images (root Dockerfile: the full one, and the serving one without torch) built and run on this machine with
+buildah, where no registry is reachable: a local Debian base from ../shared/container/build-base.sh, this machine's
+CPU torch wheel mounted into the build, a tiny model baked in; then /healthz, the page and /predict answer from the
+container on loopback.
 
 Runs where buildah and that base exist (`bash ../shared/container/build-base.sh` makes both); it takes minutes."""
 
@@ -42,8 +43,12 @@ def buildah(*args: str, timeout: int = 1800, check: bool = True) -> subprocess.C
     return done
 
 
-@pytest.fixture(scope="module")
-def container(tiny_model_dir):
+# The full image (torch, every runtime and `sam` command) and the serving image without torch.
+IMAGES = {"localhost/sam-test": [], "localhost/sam-serve-test": ["--build-arg", "SERVE_ONLY=1"]}
+
+
+@pytest.fixture(scope="module", params=list(IMAGES))
+def image(request, tiny_model_dir):
     baked = ROOT / "models" / "container-test"  # in the build context, as a user's models/latest would be
     shutil.rmtree(baked, ignore_errors=True)
     shutil.copytree(tiny_model_dir, baked)
@@ -52,11 +57,16 @@ def container(tiny_model_dir):
         mounts += ["-v", "/etc/pip.conf:/etc/pip.conf:ro"]
     try:
         buildah("bud", "--layers", "--format", "docker", *mounts, "--build-arg", f"BASE={BASE}", "--build-arg", "TORCH_FROM=--find-links /wheels",
-                "--build-arg", "MODEL=models/container-test", "-t", "localhost/sam-test", str(ROOT))
+                "--build-arg", "MODEL=models/container-test", *IMAGES[request.param], "-t", request.param, str(ROOT))
     finally:
         shutil.rmtree(baked, ignore_errors=True)
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def container(image):
     port = free_port()
-    name = buildah("from", "localhost/sam-test").stdout.strip()
+    name = buildah("from", image).stdout.strip()
     # buildah run shares the host's network: the container's proxy listens on this free loopback port.
     server = subprocess.Popen(["buildah", "run", "--env", f"PORT={port}", "--env", "NUM_CPUS=2", name, "--", "sam-serve"],
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -87,6 +97,15 @@ def test_the_image_serves_health_the_page_and_predictions(container):
     assert requests.post(f"{url}/predict", json={"text": " "}, timeout=60).status_code == 422
 
 
-def test_the_image_runs_as_a_user_without_root(container):
-    info = buildah("inspect", "--format", "{{.OCIv1.Config.User}}", "localhost/sam-test").stdout.strip()
+def test_the_image_runs_as_a_user_without_root(image):
+    info = buildah("inspect", "--format", "{{.OCIv1.Config.User}}", image).stdout.strip()
     assert info == "1000"
+
+
+def test_the_serving_image_has_no_torch(image):
+    name = buildah("from", image).stdout.strip()
+    try:
+        found = buildah("run", name, "--", "python3", "-c", "import importlib.util as u; print(u.find_spec('torch') is not None)").stdout
+    finally:
+        buildah("rm", name, check=False)
+    assert found.strip() == str(image == "localhost/sam-test")

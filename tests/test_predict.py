@@ -1,31 +1,77 @@
-"""The model directory as a predictor: input order kept, and the int8 option close to fp32."""
+"""The model directory as a predictor: input order kept, the same answers on torch and ONNX Runtime, int8 close to
+fp32, and the ONNX runtimes without torch."""
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sam.cli import main
-from sam.predict import ModelDirError, Predictor
-from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE
+from sam.predict import Predictor
+from sam.runtimes import ModelDirError
+from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE, ROOT, plain_hf_directory
 
 
 TEXTS = NEGATIVE[:3] + NEUTRAL[:3] + POSITIVE[:3] + ["ok"]
 
 
-def test_scores_keep_input_order_whatever_the_batching(tiny_model_dir):
-    predictor = Predictor(tiny_model_dir)
-    alone = torch.cat([predictor.scores([text]) for text in TEXTS])
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "onnx-int8"])
+def test_scores_keep_input_order_whatever_the_batching(tiny_model_dir, runtime):
+    predictor = Predictor(tiny_model_dir, runtime=runtime)
+    alone = np.concatenate([predictor.scores([text]) for text in TEXTS])
     # Batches are sorted by length inside; rows must still come back in the caller's order, unchanged.
-    assert torch.allclose(predictor.scores(TEXTS, max_tokens=32), alone, atol=1e-5)
+    np.testing.assert_allclose(predictor.scores(TEXTS, max_tokens=32), alone, atol=1e-5 if runtime != "onnx-int8" else 0.02)
 
 
-def test_quantized_predictor_swaps_linear_layers_and_stays_close(tiny_model_dir):
-    exact, quantized = Predictor(tiny_model_dir), Predictor(tiny_model_dir, quantize=True)
-    assert quantized.quantized and not exact.quantized
-    assert not any(type(module) is torch.nn.Linear for module in quantized.model.modules())
-    assert torch.allclose(quantized.scores(TEXTS), exact.scores(TEXTS), atol=0.05)
+def test_onnx_answers_as_torch_does_and_int8_stays_close(tiny_model_dir):
+    torch_scores = Predictor(tiny_model_dir, runtime="torch").scores(TEXTS)
+    fp32, int8 = Predictor(tiny_model_dir), Predictor(tiny_model_dir, quantize=True)
+    assert (fp32.runtime, int8.runtime, int8.quantized) == ("onnx", "onnx-int8", True)  # ONNX fp32 is the CPU default
+    np.testing.assert_allclose(fp32.scores(TEXTS), torch_scores, atol=1e-5)
+    np.testing.assert_allclose(int8.scores(TEXTS), torch_scores, atol=0.05)
+
+
+def test_a_corrupt_onnx_file_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys):
+    broken = Path(shutil.copytree(tiny_model_dir, tmp_path / "broken"))
+    (broken / "onnx" / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelDirError, match="cannot load the ONNX model"):
+        Predictor(broken)
+    assert main(["predict", "--model", str(broken), "I love this"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sam predict: error: ") and "model.onnx" in error and error.count("\n") == 1
+    assert Predictor(broken, runtime="torch").predict(["I love this"])[0]["sentiment"] in ("Negative", "Neutral", "Positive")
+
+
+# Imports that fail as they would where torch is not installed: torch, and transformers' model classes.
+TORCH_FREE = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class NoTorch(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch.") or name.startswith("transformers.models"):
+            raise ImportError(f"blocked: {name}")
+
+sys.meta_path.insert(0, NoTorch())
+from sam.predict import Predictor
+predictor = Predictor(sys.argv[1], runtime=sys.argv[2])
+print(predictor.runtime, predictor.predict(["I love this"])[0]["sentiment"])
+"""
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+def test_the_onnx_runtimes_predict_without_torch(tiny_model_dir, runtime):
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE, str(tiny_model_dir), runtime], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == runtime
+    blocked = subprocess.run([sys.executable, "-c", TORCH_FREE, str(tiny_model_dir), "torch"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert "blocked: torch" in blocked.stderr  # the block works: the torch runtime cannot load
 
 
 def test_a_scoring_pool_spreads_a_multi_block_source_over_every_actor(ray_session, tiny_model_dir, tmp_path):
@@ -40,21 +86,6 @@ def test_a_scoring_pool_spreads_a_multi_block_source_over_every_actor(ray_sessio
     score_rows(rows, tiny_model_dir, actors=2).write_datasink(sink, ray_remote_args={"num_cpus": 0})
     assert len(sink.report.per_actor) == 2 and all(n > 0 for n in sink.report.per_actor.values())
     assert sink.report.rows.kept == sum(sink.report.per_actor.values()) == len(texts)
-
-
-def plain_hf_directory(sam_model, directory, order: list[int], safetensors: bool = True):
-    """`sam_model` as another tool would save it: no sam_config.json or metrics.json, its labels named in its own
-    order (the head's rows permuted to match, so it is the same model)."""
-    model = AutoModelForSequenceClassification.from_pretrained(sam_model)
-    with torch.no_grad():
-        model.classifier.weight.copy_(model.classifier.weight[order])
-        model.classifier.bias.copy_(model.classifier.bias[order])
-    names = ["negative", "neutral", "positive"]
-    model.config.id2label = {i: names[label] for i, label in enumerate(order)}
-    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
-    model.save_pretrained(directory, safe_serialization=safetensors)
-    AutoTokenizer.from_pretrained(sam_model).save_pretrained(directory)
-    return directory
 
 
 @pytest.mark.parametrize("safetensors", [True, False])

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from sam.predict import ModelDirError, Predictor
+from sam.predict import Predictor
+from sam.runtimes import ModelDirError
 import sam.train
 from sam.train import steps_per_epoch, train
 from tests.helpers import ROOT, tiny_config, tweet_rows
@@ -62,10 +64,13 @@ def test_a_file_without_valid_rows_is_a_clear_cli_error(tmp_path):
 
 
 def _break(directory: Path, how: str) -> None:
+    """Broken for every runtime: the torch weights and the ONNX files alike."""
     if how == "missing weights":
         (directory / "model.safetensors").unlink()
+        shutil.rmtree(directory / "onnx")
     elif how == "corrupt weights":
-        (directory / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+        for weights in ("model.safetensors", "onnx/model.onnx", "onnx/model_int8.onnx"):
+            (directory / weights).write_bytes(b"\x00garbage" * 100)
     else:
         config = json.loads((directory / "config.json").read_text())
         config["id2label"] = {"0": "bad", "1": "good"}
@@ -75,13 +80,12 @@ def _break(directory: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["missing weights", "corrupt weights", "wrong label count"])
 def test_broken_model_directory_is_refused_in_one_line(tiny_model_dir, tmp_path, how):
-    import shutil
-
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
     _break(broken, how)
-    with pytest.raises(ModelDirError):
-        Predictor(broken)
+    for runtime in ("torch", "onnx", "onnx-int8"):
+        with pytest.raises(ModelDirError):
+            Predictor(broken, runtime=runtime)
     result = subprocess.run([sys.executable, "-m", "sam.cli", "evaluate", "--model", str(broken), "--data", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from sam import LABELS
 from sam.encoding import MAX_TEXT_CHARS
-from sam.predict import ModelDirError
+from sam.runtimes import ModelDirError
 from sam.api import MAX_BODY_BYTES, MAX_TEXTS
 from sam.serve import SentimentDeployment, ServeArgs, build_app
 from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE, ROOT, free_port, require
@@ -131,7 +131,7 @@ def test_info_routes(url, tiny_model_dir):
     assert info["model_dir"] == str(tiny_model_dir.resolve())
     assert info["config"]["model"]["num_layers"] == 1
     assert "val_accuracy" in info["metrics"]
-    assert info["quantized"] is False  # exact answers unless a deployment asks for int8
+    assert info["runtime"] == "onnx" and info["quantized"] is False  # ONNX fp32: exact answers unless int8 is asked for
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
     assert "/predict" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
 
@@ -204,6 +204,29 @@ def test_a_registered_model_serves_from_its_alias(url, tiny_model_dir, tracking)
         assert answer.status_code == 200 and answer.json() == predict(url, {"text": POSITIVE[0]}).json()
     finally:
         serve.delete("registered")
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx-int8"])
+def test_each_runtime_answers_and_names_itself(url, tiny_model_dir, runtime):
+    from ray import serve
+
+    serve.run(build_app(ServeArgs(model_dir=str(tiny_model_dir), runtime=runtime)), name=runtime, route_prefix=f"/{runtime}")
+    try:
+        answer = predict(f"{url}/{runtime}", {"text": POSITIVE[0]})
+        assert answer.status_code == 200 and answer.json()["sentiment"] == predict(url, {"text": POSITIVE[0]}).json()["sentiment"]
+        assert requests.get(f"{url}/{runtime}/model", timeout=30).json()["runtime"] == runtime
+    finally:
+        serve.delete(runtime)
+
+
+def test_a_corrupt_onnx_file_fails_the_deploy_in_one_line(tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "broken")
+    (broken / "onnx" / "model_int8.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelDirError, match="model_int8.onnx: cannot load the ONNX model") as refused:
+        build_app(ServeArgs(model_dir=str(broken), quantize=True))
+    assert "\n" not in str(refused.value)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import requests
 
 from sam import locations, storage
 from sam.cli import main
-from sam.predict import ModelDirError, Predictor
+from sam.predict import Predictor
+from sam.runtimes import ModelDirError
 from tests.helpers import best_rank_geometry, free_port, tweet_rows, write_jsonl
 
 TINY = ["--num-layers", "1", "--num-heads", "2", "--d-model", "32", "--d-ff", "64", "--max-length", "32",
@@ -61,7 +62,8 @@ def bucket_model(ray_session, s3, bucket_data, tmp_path_factory):
 @pytest.mark.slow
 def test_train_checkpoints_and_exports_to_the_bucket(s3, bucket_model):
     exported = s3.files(bucket_model)
-    assert {"config.json", "model.safetensors", "sam_config.json", "metrics.json", "tokenizer.json"} <= set(exported)
+    assert {"config.json", "model.safetensors", "sam_config.json", "metrics.json", "tokenizer.json", "onnx/model.onnx",
+            "onnx/model_int8.onnx"} <= set(exported)
     assert "training_state.pt" not in exported
     checkpoints = [f for f in s3.files(s3.uri("runs/m1")) if f.endswith("model.safetensors")]
     assert checkpoints, "no checkpoint on the bucket"
@@ -81,6 +83,18 @@ def test_a_model_on_the_bucket_is_fetched_once_per_version(s3, bucket_model, tmp
     assert changed != first and json.loads((changed / "metrics.json").read_text())["note"] == "changed"
     with pytest.raises(ModelDirError, match="no such model directory"):
         Predictor(s3.uri("models/none"))
+
+
+@pytest.mark.slow
+def test_export_onnx_adds_its_files_to_a_model_on_the_bucket(s3, bucket_model, bucket_data, tmp_path, capsys):
+    import shutil
+
+    older = s3.uri("models/m1_older")  # as exported before models carried ONNX files
+    storage.upload_dir(shutil.copytree(locations.local_model_dir(bucket_model), tmp_path / "older", ignore=shutil.ignore_patterns("onnx")), older)
+    assert main(["export-onnx", older, "--data", bucket_data]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"onnx/model.onnx", "onnx/model_int8.onnx"} <= set(s3.files(older)) and figures["check_rows"] == 90
+    assert json.loads(storage.read_text(storage.join(older, "metrics.json")))["onnx"] == figures
 
 
 @pytest.mark.slow
