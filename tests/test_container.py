@@ -49,7 +49,7 @@ IMAGES = {"localhost/sam-test": [], "localhost/sam-serve-test": ["--build-arg", 
 
 @pytest.fixture(scope="module", params=list(IMAGES))
 def image(request, tiny_model_dir):
-    baked = ROOT / "models" / "container-test"  # in the build context, as a user's models/latest would be
+    baked = ROOT / "models" / f"container-test-{request.param.rsplit('/', 1)[1]}"  # in the build context, as models/latest
     shutil.rmtree(baked, ignore_errors=True)
     shutil.copytree(tiny_model_dir, baked)
     mounts = ["-v", "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro", "-v", f"{WHEELS}:/wheels:ro"]
@@ -57,7 +57,7 @@ def image(request, tiny_model_dir):
         mounts += ["-v", "/etc/pip.conf:/etc/pip.conf:ro"]
     try:
         buildah("bud", "--layers", "--format", "docker", *mounts, "--build-arg", f"BASE={BASE}", "--build-arg", "TORCH_FROM=--find-links /wheels",
-                "--build-arg", "MODEL=models/container-test", *IMAGES[request.param], "-t", request.param, str(ROOT))
+                "--build-arg", f"MODEL=models/{baked.name}", *IMAGES[request.param], "-t", request.param, str(ROOT))
     finally:
         shutil.rmtree(baked, ignore_errors=True)
     return request.param
