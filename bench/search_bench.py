@@ -60,11 +60,12 @@ def search(args, once: bool) -> dict:
     if not once:  # no preparation up front: each trial falls back to making its own, as every trial did before
         sam.tune.prepare_once = lambda spec, experiment: {}
     base = Config().with_flat(source=str(args.data), limit_train=args.limit_train, **TINY)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    # With its dashboard, as `sam tune` starts Ray: Train removes an ended trial's placement group through it.
+    ray.init(num_cpus=args.cpus, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as storage, StorePeak() as peak:
             started = time.perf_counter()
-            results, _ = sam.tune.run_search(base, storage, "bench", num_samples=args.trials, fixed=tuple(TINY),
+            results, _ = sam.tune.run_search(base, storage, "bench", num_samples=args.trials, fixed=tuple(TINY), max_concurrent=args.cpus,
                                              space={"lr": tune.loguniform(1e-4, 2e-3)})
             seconds = time.perf_counter() - started
     finally:
@@ -90,7 +91,7 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, default=8000)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs: trials at once, one worker each")
+    parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs: trials at once (--max-concurrent), one worker each")
     parser.add_argument("--one", choices=["once", "per-trial"], help=argparse.SUPPRESS)  # one round's side
     args = parser.parse_args()
     if args.one:
