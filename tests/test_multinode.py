@@ -6,6 +6,7 @@ session's `ray_session`) and starts nothing afterwards; the `multinode` mark mak
 """
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,16 @@ def test_serve_replicas_on_two_nodes_answer_predict(trained, node_ids, tmp_path)
         serve.shutdown()
 
 
+def recorded_tasks(name: str, timeout_s: float = 30.0) -> list:
+    """Tasks whose name holds `name`, from the State API, which hears of a finished task a moment after it ends."""
+    deadline = time.time() + timeout_s
+    while True:
+        tasks = [task for task in list_tasks(detail=True, limit=10_000) if name in task.name]
+        if tasks or time.time() > deadline:
+            return tasks
+        time.sleep(0.5)
+
+
 def test_a_local_output_path_is_written_whole_on_the_drivers_node(trained, cluster, tweets_dir, tmp_path, capsys):
     """Each Ray Data task writes a plain local path on its own node: on a real cluster the predictions would be
     scattered over the nodes. They are written where the command runs, whole, whichever node scored them."""
@@ -111,5 +122,5 @@ def test_a_local_output_path_is_written_whole_on_the_drivers_node(trained, clust
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 90
     rows = [json.loads(line) for file in (output / "predictions").glob("*.json*") for line in file.read_text().splitlines()]
     assert len(rows) == 90
-    writes = [task for task in list_tasks(detail=True, limit=10_000) if "Write" in task.name]
+    writes = recorded_tasks("Write")
     assert writes and {task.node_id for task in writes} == {cluster.head_node.node_id}  # the driver's node
