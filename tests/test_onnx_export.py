@@ -41,8 +41,10 @@ def test_a_directory_without_onnx_files_is_exported_once_into_the_cache(tiny_mod
     older = shutil.copytree(tiny_model_dir, tmp_path / "older", ignore=shutil.ignore_patterns("onnx"))
     with caplog.at_level(logging.INFO, logger="sam"):
         first, second = Predictor(older), Predictor(older, runtime="onnx-int8")
-    assert [r.getMessage() for r in caplog.records] == [f"{older} has no ONNX files: exporting them once into this node's model cache"]
-    assert not (older / "onnx").exists() and len(list((tmp_path / "cache").glob("older-onnx-*/onnx/model_int8.onnx"))) == 1
+    # Once for both; int8 may be left out, judged on random rows of a barely trained model (then fp32 answers).
+    exports = [r.getMessage() for r in caplog.records if "has no ONNX files" in r.getMessage()]
+    assert exports == [f"{older} has no ONNX files: exporting them once into this node's model cache"]
+    assert not (older / "onnx").exists() and len(list((tmp_path / "cache").glob("older-onnx-*/onnx/model.onnx"))) == 1
     exact = Predictor(older, runtime="torch").scores(TEXTS)
     np.testing.assert_allclose(first.scores(TEXTS), exact, atol=1e-5)
     np.testing.assert_allclose(second.scores(TEXTS), exact, atol=0.05)
