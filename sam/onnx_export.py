@@ -20,7 +20,8 @@ import torch
 from sam.config import CONFIG_FILE, Config
 from sam.data import read_rows, train_and_validation, valid_only
 from sam.encoding import encode, pad_ids, token_budget_chunks
-from sam import SamError
+from sam import LABELS, SamError
+from sam.checkpoint import METRICS_FILE
 from sam.locations import derived_dir, model_location
 from sam.runtimes import (ONNX_DIR, ONNX_FILES, ModelDirError, OnnxModel, TokenizerFiles, TorchModel, check_model_dir, label_order,
                           model_config, onnx_file)
@@ -29,7 +30,6 @@ from sam.storage import is_model_uri, is_uri, redact, upload_dir
 log = logging.getLogger("sam")
 
 OPSET = 17
-METRICS_FILE = "metrics.json"
 FP32_TOLERANCE = 1e-4  # largest logit difference from torch that fp32 ONNX may show
 INT8_MIN_AGREEMENT, INT8_MAX_ACCURACY_DROP = 0.99, 0.005  # what int8 must keep of fp32's answers to be kept
 CHECK_ROWS = 4000  # rows the export is checked on: the validation split's first ones
@@ -72,7 +72,7 @@ def _quantize(fp32: Path, int8: Path) -> None:
 
 
 def _logits(run, ids: Sequence[np.ndarray], pad_id: int) -> np.ndarray:
-    out = np.empty((len(ids), 3), dtype=np.float32)
+    out = np.empty((len(ids), len(LABELS)), dtype=np.float32)
     for chunk in token_budget_chunks([len(row) for row in ids], CHECK_TOKENS):
         out[chunk] = run(pad_ids([ids[i] for i in chunk], pad_id))
     return out
