@@ -28,7 +28,8 @@ COPY sam ./sam
 COPY serve_app.py serve_config.yaml ./
 COPY tune ./tune
 COPY deploy/container/start.sh /usr/local/bin/sam-serve
-RUN pip install --no-deps .
+# A serving image has nothing more to install: pip and setuptools go too.
+RUN pip install --no-deps . && if [ -n "$SERVE_ONLY" ]; then pip uninstall -y pip setuptools; fi
 ARG MODEL=deploy/container/no-model
 COPY --chown=sam ${MODEL} /app/models/latest
 

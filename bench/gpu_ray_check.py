@@ -7,6 +7,7 @@ Steps (sized for about 8 minutes on one H100/H200; see docs/benchmarks.md for th
   train fp32 and bf16      `sam train --use-gpu true` with the defaults: samples/s, wall, validation accuracy
   two workers, one GPU     `--num-workers 2 --gpus-per-worker 0.5` (gloo), a worker killed mid-run and restored
   search at 1, 0.5, 0.25   `sam tune --gpus-per-trial X`, same seed, sizes and epochs: trials per hour
+  runtime on a GPU         `sam evaluate --gpus-per-actor 1`: the runtime a GPU actor picks, and its accuracy
   serving                  `bench/serve_bench.py --device cuda`: batched Serve vs plain FastAPI at 1, 32, 128 clients
 Each step runs as its own process; a failed step is recorded with its log's tail and the rest still run.
 """
@@ -51,6 +52,10 @@ def plan(out: Path, data: str) -> list[Step]:
                                           "--storage", str(out / "search"), "--name", f"share_{share}",
                                           "--output", str(out / f"search_{share}")])
               for share in GPU_SHARES]
+    # The runtime a GPU scoring actor chooses (torch on CUDA, or ONNX Runtime's CUDA provider with onnxruntime-gpu),
+    # and its validation accuracy: the same as the CPU's fp32 answers.
+    steps.append(Step("runtime_on_gpu", [*SAM, "evaluate", "--model", str(out / "model_fp32"), "--data", data,
+                                         "--split", "validation", "--gpus-per-actor", "1", "--json"]))
     steps.append(Step("serving", [sys.executable, "bench/serve_bench.py", "--model", str(out / "model_fp32"),
                                   "--device", "cuda", "--concurrency", "1,32,128", "--rounds", "3", "--duration", "3",
                                   "--json"]))

@@ -21,7 +21,8 @@ import ray
 
 from rounds import format_rounds, interleaved
 from sam.config import Config
-from sam.tracking import EpochLogger, Tracker, flat_params
+from sam.tracking import Tracker, flat_params
+from sam.train import EpochLogger
 from sam.train import finish_tracking, train
 
 

@@ -97,6 +97,13 @@ class Batching(BaseModel):
     recent_batch_sizes: list[int] = Field(description="texts per forward pass, the last 64 passes")
 
 
+class PredictionLogState(BaseModel):
+    log_dir: str
+    share: float
+    written: int = Field(description="rows written by this replica")
+    dropped: int = Field(description="rows dropped by this replica: its buffer full, or storage failing")
+
+
 class ModelInfo(BaseModel):
     model_dir: str
     labels: list[Literal[LABELS]]
@@ -107,6 +114,7 @@ class ModelInfo(BaseModel):
     runtime: str = Field(description="torch, onnx (ONNX Runtime fp32) or onnx-int8")
     quantized: bool = Field(description="the runtime is onnx-int8")
     batching: Batching
+    log: Optional[PredictionLogState] = Field(None, description="the prediction log, where one is kept")
 
 
 class Detail(BaseModel):

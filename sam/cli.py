@@ -24,8 +24,9 @@ def _init_ray(args: argparse.Namespace) -> None:
     """Joins the cluster named by RAY_ADDRESS, or starts a local one (unless this process already has Ray)."""
     import ray
 
-    from sam.console import ray_init_options
+    from sam.console import quiet_ray, ray_init_options
 
+    quiet_ray(args.verbose)
     if not ray.is_initialized():
         ray.init(**ray_init_options(args.verbose))
 
@@ -206,6 +207,37 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from sam.monitor import add_profile
+
+    _init_ray(args)  # its rows come through Ray Data
+    print(json.dumps(add_profile(args.model, args.data)))
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from sam.monitor import monitor, report_table
+
+    tracked = _tracker(args)
+    _init_ray(args)
+    summary = monitor(args.log, args.since, args.model, args.max_psi, args.min_confidence, args.plot)
+    print(report_table(summary))
+    if tracked:
+        run_id = tracked.start(f"sam-monitor-{time.strftime('%Y%m%d-%H%M%S')}", {"log": summary["log"], "model": summary["model"],
+                               "since": args.since, "max_psi": args.max_psi}, {"sam.kind": "monitor"})
+        with tracked.running(run_id):
+            tracked.log_metrics(run_id, {f"psi_{name}": value for name, value in summary["psi"].items() if value is not None}
+                                | {"rows": summary["rows"], "below_confidence": summary["below_confidence"]})
+            tracked.client.log_artifact(run_id, args.plot)
+        summary["mlflow_run_id"] = run_id
+    print(json.dumps({k: v for k, v in summary.items() if k != "signals"}))
+    if summary["drifted"]:
+        drifted = ", ".join(f"{name} (PSI {summary['psi'][name]:.3f})" for name in summary["drifted"])
+        print(f"sam monitor: drift: {drifted} above --max-psi {args.max_psi}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def predict_dataset(args: argparse.Namespace) -> int:
     """Batch scoring as one Ray Data pass: predictions to OUTPUT/predictions, unusable rows to OUTPUT/rejects,
     and a summary with rows per scoring actor, the wait for the first scored batch and the steady rate."""
@@ -258,7 +290,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--actors", type=int, default=1, help="model replicas scoring in parallel, one CPU (or --gpus-per-actor) each (default: 1)")
+    parser.add_argument("--actors", type=int, help="model replicas scoring in parallel, one CPU (or --gpus-per-actor) each "
+                        "(default: from one up to the cluster's CPUs or GPUs, as the job needs)")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per replica; a fraction packs several on one GPU (default: 0, CPU)")
     parser.add_argument("--runtime", choices=RUNTIMES, default=None,
                         help="what predicts: torch, onnx (ONNX Runtime fp32) or onnx-int8 (default: onnx on a CPU, as Serve)")
@@ -362,6 +395,31 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", default=None, help="labelled rows to check on (default: the model's own validation split)")
     add_monitoring_arguments(export, tracking=False)
     export.set_defaults(run=cmd_export_onnx)
+
+    profile = commands.add_parser(
+        "profile", help="write a model's profile.json (label mix, token lengths, unknown tokens, confidence) from labelled rows",
+        description="SAM's exports carry profile.json, from their validation split; this writes one for another "
+                    "directory, which `sam monitor` compares a prediction log with.")
+    profile.add_argument("model", help="model directory: path or URI")
+    profile.add_argument("--data", default=None, help="labelled rows (default: the model's own validation split)")
+    add_monitoring_arguments(profile, tracking=False)
+    profile.set_defaults(run=cmd_profile)
+
+    monitor = commands.add_parser(
+        "monitor", help="compare a prediction log with what its model learned; exit 1 on drift",
+        description="A Ray Data job over LOG_DIR (Serve's log_dir=) against the model's profile.json: label mix, "
+                    "confidence, token length and unknown-token rate, each with its population stability index "
+                    "(PSI); rows per hour; the share answered below --min-confidence. Prints a table and a JSON "
+                    "line, writes --plot, logs to MLflow when a tracking URI is set, and exits 1 when a PSI passes "
+                    "--max-psi, naming the signal.")
+    monitor.add_argument("--log", required=True, metavar="LOG_DIR", help="the prediction log: a path or URI")
+    monitor.add_argument("--since", default=None, help="only rows this recent: 30m, 24h, 7d (default: all)")
+    monitor.add_argument("--model", default=None, help="model whose profile to compare with (default: the one model the log names)")
+    monitor.add_argument("--max-psi", type=float, default=0.2, help="drift above this PSI exits 1 (default: 0.2)")
+    monitor.add_argument("--min-confidence", type=float, default=0.5, help="report the share answered below this (default: 0.5)")
+    monitor.add_argument("--plot", default="monitor.png", metavar="FILE.png", help="the distributions side by side (default: monitor.png)")
+    add_monitoring_arguments(monitor)
+    monitor.set_defaults(run=cmd_monitor)
 
     tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="action", required=True)
     tokenizer_train = tokenizer.add_parser("train", help="train a WordPiece tokenizer on the train texts")

@@ -61,7 +61,7 @@ def transfer_dir(config: Config, root: str) -> str:
     return join(root, f"sam-transfer-{digest}")
 
 
-def build_transfer_set(config: Config, split: Split, directory: str, actors: int = 1, gpus_per_actor: float = 0.0,
+def build_transfer_set(config: Config, split: Split, directory: str, actors: int | None = None, gpus_per_actor: float = 0.0,
                        runtime: str | None = None, progress: bool = False) -> Transfer:
     """The training rows and their augmented copies with the teacher's logits, scored once by a pool of teacher
     replicas and streamed to parquet in `directory` (a local path or a URI); a complete set for the same key is

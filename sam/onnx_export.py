@@ -22,9 +22,10 @@ from sam.data import read_rows, train_and_validation, valid_only
 from sam.encoding import encode, pad_ids, token_budget_chunks
 from sam import LABELS, SamError
 from sam.checkpoint import METRICS_FILE
+from sam.drift import data_profile, token_counts, unknown_id, write_profile
 from sam.locations import derived_dir, model_location
 from sam.runtimes import (ONNX_DIR, ONNX_FILES, ModelDirError, OnnxModel, TokenizerFiles, TorchModel, check_model_dir, label_order,
-                          model_config, onnx_file)
+                          model_config, onnx_file, softmax)
 from sam.storage import is_model_uri, is_uri, redact, upload_dir
 
 log = logging.getLogger("sam")
@@ -94,7 +95,8 @@ def export_onnx(directory: Path, ids: Sequence[np.ndarray], labels: Optional[np.
     target = target or directory
     config = model_config(directory)
     order = label_order(config, directory)
-    pad_id = TokenizerFiles(directory, config).pad_id
+    tokenizer = TokenizerFiles(directory, config)
+    pad_id = tokenizer.pad_id
     reference = TorchModel(directory, "cpu", None)
     (target / ONNX_DIR).mkdir(parents=True, exist_ok=True)
     fp32_path, int8_path = (target / ONNX_DIR / ONNX_FILES[runtime] for runtime in ("onnx", "onnx-int8"))
@@ -121,6 +123,9 @@ def export_onnx(directory: Path, ids: Sequence[np.ndarray], labels: Optional[np.
         int8_path.unlink()
         figures["int8_refused"] = refused
         log.warning("%s: no int8 ONNX model: %s", directory, refused)
+    if labels is not None:  # the validation split: what production is later compared with
+        counts = token_counts(ids, unknown_id(tokenizer.tokenizer))
+        write_profile(target, data_profile(*counts, softmax(answers["onnx"][:, order]), labels))
     metrics_path = target / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics_path.write_text(json.dumps({**metrics, "onnx": figures}, indent=2) + "\n")
@@ -143,17 +148,24 @@ def tokenized_rows(rows: ray.data.Dataset, limit: int = CHECK_ROWS) -> tuple[lis
     return list(batch["input_ids"]), batch["labels"]
 
 
-def labelled_rows(directory: Path, source: Optional[str] = None, limit: int = CHECK_ROWS) -> Optional[tuple[list[np.ndarray], np.ndarray]]:
-    """Rows to check an export on: those of `source` when given, else the validation split of the data the model
-    was trained on (its sam_config.json), as its own tokenizer encodes them; None for a model with neither."""
+def labelled_texts(directory: Path, source: Optional[str] = None, limit: int = CHECK_ROWS) -> Optional[tuple[list[str], np.ndarray]]:
+    """Labelled rows to check a model on: the first `limit` of `source` when given, else of the validation split
+    of the data the model was trained on (its sam_config.json); None for a model with neither."""
     if source is None and not (directory / CONFIG_FILE).is_file():
         return None
-    config = Config.load(directory) if (directory / CONFIG_FILE).is_file() else None
-    rows = valid_only(read_rows(source)) if source else train_and_validation(config).val
+    rows = valid_only(read_rows(source)) if source else train_and_validation(Config.load(directory)).val
     batch = rows.limit(limit).take_batch(limit, batch_format="pandas")
+    return batch["text"].tolist(), batch["label"].to_numpy()
+
+
+def labelled_rows(directory: Path, source: Optional[str] = None, limit: int = CHECK_ROWS) -> Optional[tuple[list[np.ndarray], np.ndarray]]:
+    """`labelled_texts` as the model's own tokenizer encodes them."""
+    found = labelled_texts(directory, source, limit)
+    if found is None:
+        return None
     tokenizer = TokenizerFiles(directory, model_config(directory))
-    max_length = config.model.max_length if config else tokenizer.max_length
-    return encode(tokenizer.tokenizer, batch["text"].tolist(), max_length), batch["label"].to_numpy()
+    max_length = Config.load(directory).model.max_length if (directory / CONFIG_FILE).is_file() else tokenizer.max_length
+    return encode(tokenizer.tokenizer, found[0], max_length), found[1]
 
 
 def add_onnx(model: str, source: Optional[str] = None) -> dict:

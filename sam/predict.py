@@ -6,18 +6,20 @@ On an ONNX runtime nothing here imports torch or `transformers`: a torch-free se
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from sam import LABELS, SamError
 from sam.config import CONFIG_FILE, Config
 from sam.encoding import encode, pad_ids, token_budget_chunks
+from sam.drift import token_counts, unknown_id
 from sam.runtimes import (RUNTIMES, OnnxModel, TokenizerFiles, TorchModel, check_model_dir, default_runtime, label_order,
-                          model_config, model_shape, onnx_file, onnx_on_cuda)
+                          model_config, model_shape, onnx_file, onnx_on_cuda, softmax)
 from sam.storage import redact
 
 log = logging.getLogger("sam")
@@ -30,11 +32,6 @@ def prediction_columns(scores: np.ndarray) -> dict[str, list]:
     predicted = scores.argmax(1)
     return {"sentiment": [LABELS[i] for i in predicted], "label": predicted.tolist(),
             "confidence": scores.max(1).round(4).tolist(), "scores": [dict(zip(LABELS, row)) for row in scores.round(4).tolist()]}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def runtime_for(runtime: Optional[str], quantize: bool, device: str) -> str:
@@ -116,6 +113,12 @@ class Predictor:
     def scores(self, texts: Sequence[str], max_tokens: int | None = None) -> np.ndarray:
         """Class probabilities, one row per text, in input order."""
         return softmax(self.logits(texts, max_tokens))
+
+    def token_counter(self) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
+        """Texts to tokens per text as the model sees them (special ones included, truncated) and how many are
+        unknown, on a copy of the tokenizer: `encode` sets its truncation, which must not race `predict` elsewhere."""
+        tokenizer, unk = copy.deepcopy(self.tokenizer), unknown_id(self.tokenizer)
+        return lambda texts: token_counts(encode(tokenizer, texts, self.max_length), unk)
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
         columns = prediction_columns(self.scores(texts))

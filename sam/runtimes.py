@@ -93,6 +93,11 @@ def model_shape(config: dict, max_length: int) -> dict:
             "d_ff": config.get("intermediate_size"), "vocab_size": config.get("vocab_size"), "max_length": max_length}
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 class TokenizerFiles:
     """The directory's tokenizer through `tokenizers` alone (tokenizer.json), with its padding id and length
     limit; a directory with only slow-tokenizer files goes through `transformers`, which converts them."""

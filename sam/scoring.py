@@ -19,11 +19,11 @@ import pyarrow.parquet
 import ray
 import ray.data
 
-from sam import LABELS
+from sam import LABELS, SamError
 from sam.data import PROBLEM_EXAMPLES, LoadReport
 from sam.locations import model_location
-from sam.predict import Predictor, prediction_columns, softmax
-from sam.runtimes import check_model_dir
+from sam.predict import Predictor, prediction_columns
+from sam.runtimes import check_model_dir, softmax
 from sam.storage import delete_dir, filesystem, is_uri, join, write_text
 
 # Added by each scoring actor for `ScoredSink`'s report (which actor scored a row, and when); never written.
@@ -63,10 +63,23 @@ class BatchScorer:
         return pd.concat([batch[passed].reset_index(drop=True), scored], axis=1)
 
 
-def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, gpus_per_actor: float = 0.0,
+def scoring_pool(actors: int | None, gpus_per_actor: float = 0.0) -> ray.data.ActorPoolStrategy:
+    """`actors` model replicas, or by default a pool that grows from one up to what the cluster holds now (its CPUs,
+    or its GPUs shared `gpus_per_actor` each) while blocks wait: a small job loads one model, a large one uses
+    every CPU."""
+    if actors is not None:
+        if actors < 1:
+            raise SamError(f"--actors must be at least 1 (got {actors})")
+        return ray.data.ActorPoolStrategy(size=actors)
+    resources = ray.cluster_resources()
+    most = int(resources.get("GPU", 0) / gpus_per_actor) if gpus_per_actor else int(resources.get("CPU", 1))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
+
+
+def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int | None = None, gpus_per_actor: float = 0.0,
                runtime: str | None = None, batch_size: int = 256, with_logits: bool = False,
                progress: bool = False) -> ray.data.Dataset:
-    """Rows (text; id, label and a problem where present) scored by a pool of `actors` model replicas, lazily.
+    """Rows (text; id, label and a problem where present) scored by a pool of model replicas (`scoring_pool`), lazily.
     The job's settings go on `rows`' own context (each read has its own), so every caller gets them: small blocks
     (Ray Data makes one block of a file of up to 128 MiB), and no block handed out before every actor has loaded
     the model (else the first live actor takes several while the others still import torch);
@@ -80,7 +93,7 @@ def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int = 1, g
         # A URI, so that each node's actors fetch the model into that node's cache, or an absolute local path.
         BatchScorer, fn_constructor_kwargs={"model_dir": model_location(model_dir), "runtime": runtime,
                                             "with_logits": with_logits},
-        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="pandas",
+        compute=scoring_pool(actors, gpus_per_actor), batch_size=batch_size, batch_format="pandas",
         num_cpus=0 if gpus_per_actor else 1, num_gpus=gpus_per_actor or None,
     )
 

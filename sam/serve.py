@@ -8,12 +8,13 @@ queue per replica, so concurrent clients share forward passes.
 import asyncio
 import json
 import os
+import time
 from collections import deque
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
 import click
-from fastapi import Body
+from fastapi import Body, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray import serve
@@ -25,9 +26,10 @@ from sam.api import (OPENAPI_EXAMPLES, MAX_TEXTS, BatchPrediction, Health, Model
                      ValidationDetail, api)
 from sam.config import DEFAULT_MODEL_DIR
 from sam.predict import Predictor
+from sam.prediction_log import LogSettings, PredictionLog, weights_hash
 from sam.runtimes import ModelDirError, Runtime
 from sam.locations import model_location
-from sam.storage import is_model_uri
+from sam.storage import is_model_uri, redact
 from sam.tracking import URI_ENV, tracking_uri
 
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -43,10 +45,10 @@ class BatchSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
 
 
-class ServeArgs(BatchSettings):
+class ServeArgs(BatchSettings, LogSettings):
     """The one Serve config: what `serve run serve_app:app key=value ...` takes and what a config file's `args:`
-    holds (serve_config.yaml, the RayService's serveConfigV2). A bad value fails `build_app` with its message,
-    once, at deploy."""
+    holds (serve_config.yaml, the RayService's serveConfigV2), the prediction log's `log_*` knobs included. A bad
+    value fails `build_app` with its message, once, at deploy."""
 
     model_dir: str = Field(default_factory=lambda: os.environ.get("SAM_MODEL_DIR", DEFAULT_MODEL_DIR))
     # Serve's default (5) would silently cap every batch at 5. Default: 4 batches, so requests queue in the
@@ -78,11 +80,23 @@ class ServeArgs(BatchSettings):
 @serve.deployment(name="Sentiment")
 @serve.ingress(api)
 class SentimentDeployment:
-    def __init__(self, model_dir: str, runtime: Optional[str] = None, quantize: bool = False):
+    def __init__(self, model_dir: str, runtime: Optional[str] = None, quantize: bool = False,
+                 log_settings: Optional[dict] = None):
         self.predictor = Predictor.in_actor(model_dir, runtime, quantize)
         self.recent_batch_sizes: deque[int] = deque(maxlen=64)  # shown at /model: proof that batching happens
         self.predictions = Counter("sam_predictions", description="Predictions served, by label.", tag_keys=("label",))
         self.batch_sizes = Histogram("sam_batch_size", description="Texts per forward pass.", boundaries=BATCH_SIZE_BUCKETS)
+        settings = LogSettings.model_validate(log_settings or {})
+        self.log = None
+        if settings.log_dir:
+            dropped = Counter("sam_log_dropped_rows", description="Prediction log rows dropped: buffer full or storage failing.")
+            self.log = PredictionLog(settings, model_dir, weights_hash(self.predictor.directory),
+                                     count_tokens=self.predictor.token_counter(), on_drop=dropped.inc)
+
+    def __del__(self):
+        """Serve calls this as a replica stops cleanly: the log writes what it holds."""
+        if getattr(self, "log", None):
+            self.log.close()
 
     def reconfigure(self, user_config: dict) -> None:
         """Batch knobs live in user_config so `serve deploy` can retune them without restarting replicas."""
@@ -109,11 +123,17 @@ class SentimentDeployment:
             422: {"model": ValidationDetail, "description": "The body is not JSON, or not one of the two forms"},
         },
     )
-    async def predict(self, request: Annotated[PredictRequest, Body(openapi_examples=OPENAPI_EXAMPLES)]) -> dict:
+    async def predict(self, request: Annotated[PredictRequest, Body(openapi_examples=OPENAPI_EXAMPLES)],
+                      http: Request) -> dict:
         """`{"text": ...}` gives one prediction; `{"texts": [...]}` gives `{"predictions": [...]}` in order."""
+        started = time.perf_counter()
         if isinstance(request, SingleRequest):
-            return await self.predict_one(request.text)
-        return {"predictions": list(await asyncio.gather(*(self.predict_one(t) for t in request.texts)))}
+            texts, predictions = [request.text], [await self.predict_one(request.text)]
+        else:
+            texts, predictions = request.texts, list(await asyncio.gather(*(self.predict_one(t) for t in request.texts)))
+        if self.log:  # Serve's proxy gives every request an id: the client's X-Request-Id, or one of its own
+            self.log.add(http.headers.get("x-request-id", ""), texts, predictions, time.perf_counter() - started)
+        return predictions[0] if isinstance(request, SingleRequest) else {"predictions": predictions}
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(self) -> str:
@@ -136,6 +156,8 @@ class SentimentDeployment:
             "runtime": self.predictor.runtime,
             "quantized": self.predictor.quantized,
             "batching": {**self.batching, "recent_batch_sizes": list(self.recent_batch_sizes)},
+            "log": self.log and {"log_dir": redact(self.log.settings.log_dir), "share": self.log.settings.log_share,
+                                 "written": self.log.written, "dropped": self.log.dropped},
         }
 
 
@@ -163,4 +185,4 @@ def build_app(args: ServeArgs) -> Application:
         ray_actor_options=actor_options,
         user_config=args.model_dump(include=set(BatchSettings.model_fields)),
         **scaling,
-    ).bind(model_dir, args.runtime, args.quantize)  # each replica's node fetches a URI into its own cache
+    ).bind(model_dir, args.runtime, args.quantize, args.model_dump(include=set(LogSettings.model_fields)))  # each replica's node fetches a URI into its own cache

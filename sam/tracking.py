@@ -18,8 +18,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Optional
 
-import ray.train
-
 from sam.config import FLAGS
 from sam.storage import StorageError
 
@@ -173,28 +171,6 @@ def tracker(uri: Optional[str], experiment: str = DEFAULT_EXPERIMENT) -> Optiona
     tracked = Tracker(uri, experiment)
     tracked.client  # MLflow is installed
     return tracked
-
-
-class EpochLogger(ray.train.UserCallback):
-    """Each epoch's report (rank 0's metrics) as one step of the run, logged from Ray Train's controller once the
-    report and its checkpoint have landed. A worker restarted by `--max-failures` resumes after the last landed
-    epoch, so no step is logged twice; an epoch already logged (a run resumed by `--resume`) is skipped."""
-
-    def __init__(self, uri: str, run_id: str):
-        self.uri, self.run_id, self.logged = uri, run_id, None
-
-    @cached_property
-    def tracked(self) -> Tracker:  # built on the controller, where the callback runs: an MLflow client does not pickle
-        return Tracker(self.uri)
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        tracked = self.tracked
-        if self.logged is None:
-            self.logged = {int(m.step) for m in tracked.client.get_metric_history(self.run_id, "epoch")}
-        epoch = int(metrics[0]["epoch"])
-        if epoch not in self.logged:
-            tracked.log_metrics(self.run_id, metrics[0], step=epoch)
-            self.logged.add(epoch)
 
 
 def trial_logger(tracked: Tracker, parent: str):

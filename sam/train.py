@@ -11,6 +11,7 @@ import secrets
 import tempfile
 import time
 from contextlib import nullcontext
+from functools import cached_property
 from pathlib import Path
 
 import ray
@@ -30,7 +31,7 @@ from sam.prepare import PreparedData, prepare
 from sam.learner import EpochStats, Learner, Predictions, autocast, to_device, warmup_steps
 from sam.locations import local_model_dir
 from sam.models import build_model, check_embeddings_source, load_pretrained, start_from_embeddings, summary
-from sam.tracking import EpochLogger, Tracker, flat_params, run_tags
+from sam.tracking import Tracker, flat_params, run_tags
 from sam.storage import exists, is_uri, join, read_text, redact, resolve, write_text
 
 log = logging.getLogger("sam")
@@ -195,6 +196,28 @@ def scaling_config(scale: ScaleConfig) -> ScalingConfig:
     resources = {"CPU": scale.cpus_per_worker, **({"GPU": scale.gpus_per_worker} if scale.use_gpu else {})}
     return ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu, resources_per_worker=resources,
                          placement_strategy=scale.placement_strategy)
+
+
+class EpochLogger(ray.train.UserCallback):
+    """Each epoch's report (rank 0's metrics) as one step of the run, logged from Ray Train's controller once the
+    report and its checkpoint have landed. A worker restarted by `--max-failures` resumes after the last landed
+    epoch, so no step is logged twice; an epoch already logged (a run resumed by `--resume`) is skipped."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id, self.logged = uri, run_id, None
+
+    @cached_property
+    def tracked(self) -> Tracker:  # built on the controller, where the callback runs: an MLflow client does not pickle
+        return Tracker(self.uri)
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        tracked = self.tracked
+        if self.logged is None:
+            self.logged = {int(m.step) for m in tracked.client.get_metric_history(self.run_id, "epoch")}
+        epoch = int(metrics[0]["epoch"])
+        if epoch not in self.logged:
+            tracked.log_metrics(self.run_id, metrics[0], step=epoch)
+            self.logged.add(epoch)
 
 
 def make_trainer(config: Config, data: PreparedData, run_config: RunConfig, display: ProgressSettings | None = None) -> TorchTrainer:

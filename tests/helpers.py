@@ -225,3 +225,19 @@ def best_rank_geometry(embeddings, rank: int):
     u, s, vh = torch.linalg.svd(embeddings - embeddings.mean(dim=0), full_matrices=False)
     kept = u[:, :rank] * s[:rank] @ vh[:rank]
     return kept @ kept.T
+
+
+def without_modules(*names: str) -> str:
+    """Python source to run first in a `python -c` child: importing `names` (or a submodule of one) fails as it
+    would where they are not installed."""
+    return f"""
+import sys
+from importlib.abc import MetaPathFinder
+
+class Blocked(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == blocked or name.startswith(blocked + ".") for blocked in {names!r}):
+            raise ImportError(f"blocked: {{name}}")
+
+sys.meta_path.insert(0, Blocked())
+"""

@@ -15,7 +15,7 @@ from sam.cli import main
 from sam.config import Config
 from sam.data import train_and_validation
 from sam.predict import Predictor
-from tests.helpers import tweet_rows, write_jsonl
+from tests.helpers import ROOT, tweet_rows, without_modules, write_jsonl
 
 
 def run_sam(*args, cwd=None):
@@ -65,6 +65,18 @@ def test_predict_prints_one_json_line_per_text(tiny_model_dir, capsys):
     assert lines[1]["error"] == "blank text"
     for line in (lines[0], lines[2]):
         assert line["sentiment"] == LABELS[line["label"]] and line["confidence"] == max(line["scores"].values())
+
+
+def test_predicting_a_text_loads_neither_ray_nor_torch(tiny_model_dir, tmp_path):
+    """What keeps `sam predict TEXT` and its errors quick: the command and its ONNX runtime import no Ray and no torch."""
+    script = without_modules("ray", "torch", "pandas") + "from sam.cli import main\nsys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", script, "predict", "--model", str(tiny_model_dir), "I love it"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["sentiment"] in LABELS
+    missing = subprocess.run([sys.executable, "-c", script, "predict", "--model", str(tmp_path / "none"), "hi"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert missing.returncode == 2 and missing.stderr == f"sam predict: error: {tmp_path / 'none'}: no such model directory\n"
 
 
 def test_tokenizer_train_writes_a_hf_directory(ray_session, tweets_dir, tmp_path, capsys):

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sam import SamError
 from sam.cli import main
 from sam.predict import Predictor
 from sam.runtimes import ModelDirError
-from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE, ROOT, plain_hf_directory
+from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE, ROOT, plain_hf_directory, without_modules
 
 
 TEXTS = NEGATIVE[:3] + NEUTRAL[:3] + POSITIVE[:3] + ["ok"]
@@ -47,16 +48,7 @@ def test_a_corrupt_onnx_file_is_refused_in_one_line(tiny_model_dir, tmp_path, ca
 
 
 # Imports that fail as they would where torch is not installed: torch, and transformers' model classes.
-TORCH_FREE = """
-import sys
-from importlib.abc import MetaPathFinder
-
-class NoTorch(MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch.") or name.startswith("transformers.models"):
-            raise ImportError(f"blocked: {name}")
-
-sys.meta_path.insert(0, NoTorch())
+TORCH_FREE = without_modules("torch", "transformers.models") + """
 from sam.predict import Predictor
 predictor = Predictor(sys.argv[1], runtime=sys.argv[2])
 print(predictor.runtime, predictor.predict(["I love this"])[0]["sentiment"])
@@ -86,6 +78,16 @@ def test_a_scoring_pool_spreads_a_multi_block_source_over_every_actor(ray_sessio
     score_rows(rows, tiny_model_dir, actors=2).write_datasink(sink, ray_remote_args={"num_cpus": 0})
     assert len(sink.report.per_actor) == 2 and all(n > 0 for n in sink.report.per_actor.values())
     assert sink.report.rows.kept == sum(sink.report.per_actor.values()) == len(texts)
+
+
+def test_a_scoring_pool_grows_to_what_the_cluster_holds_unless_sized(ray_session):
+    from sam.scoring import scoring_pool
+
+    assert (scoring_pool(None).min_size, scoring_pool(None).max_size) == (1, 4)  # the session's 4 CPUs
+    assert scoring_pool(None, gpus_per_actor=0.5).max_size == 1  # no GPU yet: one, for which an autoscaler adds a node
+    assert scoring_pool(3).min_size == scoring_pool(3).max_size == 3
+    with pytest.raises(SamError, match="--actors must be at least 1"):
+        scoring_pool(0)
 
 
 @pytest.mark.parametrize("safetensors", [True, False])

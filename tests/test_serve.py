@@ -23,13 +23,19 @@ TEXTS = [NEGATIVE[0], NEUTRAL[0], POSITIVE[0], "ok", "an unseen tweet with words
 
 
 @pytest.fixture(scope="module")
-def url(ray_session, tiny_model_dir):
+def prediction_log(s3):
+    return s3.uri("serve-log")
+
+
+@pytest.fixture(scope="module")
+def url(ray_session, tiny_model_dir, prediction_log):
     from ray import serve
 
     port = free_port()  # not 8000: other Serve instances may share this machine
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # A long wait makes concurrent requests meet in one batch whatever the machine's speed.
-    serve.run(build_app(ServeArgs(model_dir=str(tiny_model_dir), max_batch_size=8, batch_wait_timeout_s=0.2)), name="sam")
+    serve.run(build_app(ServeArgs(model_dir=str(tiny_model_dir), max_batch_size=8, batch_wait_timeout_s=0.2,
+                                  log_dir=prediction_log, log_flush_s=0.5)), name="sam")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -68,6 +74,27 @@ def test_concurrent_requests_are_batched(url):
     assert batching["max_batch_size"] == 8
     assert max(batching["recent_batch_sizes"]) > 1
     assert max(batching["recent_batch_sizes"]) <= 8
+
+
+def test_each_prediction_is_logged_to_the_bucket_with_its_request_id(url, prediction_log, tiny_model_dir):
+    import pyarrow.dataset
+
+    from sam.prediction_log import weights_hash
+    from sam.storage import filesystem
+
+    answered = predict(url, {"texts": ["logged one", "logged two"]}, headers={"X-Request-Id": "client-42"}).json()
+    fs, root = filesystem(prediction_log)
+    deadline, rows = time.monotonic() + 30, []
+    while time.monotonic() < deadline and len(rows) < 2:
+        time.sleep(0.5)
+        rows = [row for row in pyarrow.dataset.dataset(root, filesystem=fs, format="parquet", partitioning="hive")
+                .to_table().to_pylist() if row["request_id"] == "client-42"] if fs.get_file_info(root).type.name == "Directory" else []
+    assert [row["text"] for row in rows] == ["logged one", "logged two"]
+    for row, prediction in zip(rows, answered["predictions"]):
+        assert (row["sentiment"], row["confidence"], row["scores"]) == (prediction["sentiment"], prediction["confidence"], prediction["scores"])
+        assert row["model"] == str(tiny_model_dir) and row["model_hash"] == weights_hash(tiny_model_dir) and row["latency_ms"] > 0
+    state = requests.get(f"{url}/model", timeout=30).json()["log"]
+    assert state["log_dir"] == prediction_log and state["share"] == 1.0 and state["written"] >= 2 and state["dropped"] == 0
 
 
 @pytest.mark.parametrize(

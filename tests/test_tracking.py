@@ -10,8 +10,8 @@ from transformers import AutoModelForSequenceClassification
 
 from sam.cli import main
 from sam.predict import Predictor
-from sam.tracking import RUN_TAG, EpochLogger
-from sam.train import train
+from sam.tracking import RUN_TAG
+from sam.train import EpochLogger, train
 from tests.helpers import tiny_config
 
 

@@ -183,7 +183,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(many_tweets, tm
     env = own_ray_env(HF_HUB_OFFLINE="1", TUNE_GLOBAL_CHECKPOINT_S="1")
     env.pop("PYTHONBREAKPOINT", None)
     first = subprocess.Popen(
-        command + ["--data", str(many_tweets), "--num-samples", "2", "--epochs", "2", "--max-concurrent", "1",
+        command + ["--data", str(many_tweets), "--num-samples", "2", "--epochs", "1", "--max-concurrent", "1",
                    *TINY_OPTIONS],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

@@ -1,0 +1,202 @@
+"""`sam monitor`: a prediction log (any size) read by a Ray Data job that sums fixed-bin histograms per block, so
+only one small summary per block reaches the driver, then compared with the model's profile (`drift`): label mix,
+confidence, token length and unknown-token rate, each with its population stability index. And `sam profile`,
+the profile of a model directory that has none (a plain Hugging Face one), from labelled rows."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import ray.data
+
+from sam import LABELS, SamError
+from sam.drift import CONFIDENCE_EDGES, LENGTH_EDGES, PROFILE_FILE, data_profile, histogram, psi, read_profile
+from sam.locations import model_location
+from sam.onnx_export import labelled_texts
+from sam.predict import Predictor
+from sam.runtimes import check_model_dir
+from sam.storage import exists, is_model_uri, join, ray_data_path, redact, write_text
+
+SIGNALS = ("label_mix", "confidence", "token_length", "unknown_rate")
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def since_cutoff(since: Optional[str], now: Optional[datetime] = None) -> Optional[datetime]:
+    """`24h`, `90m`, `7d`, `30s` before now (UTC); None: the whole log."""
+    if not since:
+        return None
+    match = DURATION.match(since.strip())
+    if not match:
+        raise SamError(f"--since {since!r}: expected a number and a unit (s, m, h or d), e.g. 24h")
+    return (now or datetime.now(timezone.utc)) - timedelta(**{UNITS[match[2]]: float(match[1])})
+
+
+def _block_summary(batch: pd.DataFrame, cutoff: Optional[datetime], min_confidence: float) -> pd.DataFrame:
+    """One block of the log to one row: its counts per label, bin, hour and model, as JSON."""
+    if cutoff is not None:
+        batch = batch[pd.to_datetime(batch["time"], utc=True) >= cutoff]
+    tokens = batch["tokens"].dropna().to_numpy(dtype=np.int64) if "tokens" in batch else np.zeros(0, dtype=np.int64)
+    unknown = batch["unknown_tokens"].dropna().to_numpy(dtype=np.int64) if "unknown_tokens" in batch else np.zeros(0, dtype=np.int64)
+    confidence = batch["confidence"].to_numpy(dtype=np.float64)
+    hours = pd.to_datetime(batch["time"], utc=True).dt.strftime("%Y-%m-%dT%H:00Z")
+    summary = {
+        "rows": int(len(batch)),
+        "labels": Counter(batch["sentiment"].tolist()),
+        "confidence": histogram(confidence, CONFIDENCE_EDGES),
+        "token_length": histogram(tokens, LENGTH_EDGES),
+        "tokens": int(tokens.sum()), "unknown_tokens": int(unknown.sum()),
+        "below_confidence": int((confidence < min_confidence).sum()),
+        "hours": Counter(hours.tolist()),
+        "models": {model: Counter(part["sentiment"].tolist()) for model, part in batch.groupby("model")} if len(batch) else {},
+    }
+    return pd.DataFrame({"summary": [json.dumps(summary)]})
+
+
+def _merge(summaries) -> dict:
+    total = {"rows": 0, "labels": Counter(), "confidence": np.zeros(len(CONFIDENCE_EDGES) - 1, dtype=np.int64),
+             "token_length": np.zeros(len(LENGTH_EDGES) - 1, dtype=np.int64), "tokens": 0, "unknown_tokens": 0,
+             "below_confidence": 0, "hours": Counter(), "models": {}}
+    for text in summaries:
+        part = json.loads(text)
+        for key in ("rows", "tokens", "unknown_tokens", "below_confidence"):
+            total[key] += part[key]
+        for key in ("labels", "hours"):
+            total[key].update(part[key])
+        for key in ("confidence", "token_length"):
+            total[key] += np.asarray(part[key], dtype=np.int64)
+        for model, labels in part["models"].items():
+            total["models"].setdefault(model, Counter()).update(labels)
+    return total
+
+
+def summarize_log(log_dir: str, since: Optional[str] = None, min_confidence: float = 0.5) -> dict:
+    """The log's counts, summed over blocks by a Ray Data job: rows, labels, histograms, tokens, hours, models."""
+    if not exists(log_dir):
+        raise SamError(f"{redact(log_dir)}: no prediction log there")
+    cutoff = since_cutoff(since)
+    rows = ray.data.read_parquet(ray_data_path(log_dir), file_extensions=["parquet"])
+    summaries = rows.map_batches(_block_summary, fn_kwargs={"cutoff": cutoff, "min_confidence": min_confidence},
+                                 batch_format="pandas", batch_size=None)
+    return _merge(row["summary"] for row in summaries.iter_rows())
+
+
+def _share(counts) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    return counts / max(counts.sum(), 1)
+
+
+def compare(profile: dict, seen: dict, max_psi: float) -> dict:
+    """Each signal's reference and production figures and its PSI, and which signals drifted past `max_psi`."""
+    reference_mix = [profile["label_mix"][label] for label in LABELS]
+    seen_mix = [seen["labels"].get(label, 0) for label in LABELS]
+    reference_unknown = profile["unknown_rate"]
+    seen_unknown = seen["unknown_tokens"] / max(seen["tokens"], 1)
+    lengths = np.asarray(LENGTH_EDGES[:-1]) + np.diff(LENGTH_EDGES).clip(max=64) / 2  # bin middles, the open one capped
+    middles = (np.asarray(CONFIDENCE_EDGES[:-1]) + np.asarray(CONFIDENCE_EDGES[1:])) / 2
+    signals = {
+        "label_mix": {"reference": dict(zip(LABELS, np.round(reference_mix, 4).tolist())),
+                      "production": dict(zip(LABELS, _share(seen_mix).round(4).tolist())),
+                      "psi": psi(reference_mix, seen_mix)},
+        "confidence": {"reference": float(_share(profile["confidence"]["counts"]) @ middles),
+                       "production": float(_share(seen["confidence"]) @ middles),
+                       "psi": psi(profile["confidence"]["counts"], seen["confidence"])},
+        "token_length": {"reference": float(_share(profile["token_length"]["counts"]) @ lengths),
+                         "production": float(_share(seen["token_length"]) @ lengths),
+                         "psi": psi(profile["token_length"]["counts"], seen["token_length"])},
+        "unknown_rate": {"reference": reference_unknown, "production": seen_unknown,
+                         "psi": psi([reference_unknown, 1 - reference_unknown], [seen_unknown, 1 - seen_unknown])},
+    }
+    if not seen["tokens"]:  # a log written without token counts: nothing to compare
+        for name in ("token_length", "unknown_rate"):
+            signals[name]["psi"] = None
+    drifted = [name for name, figures in signals.items() if figures["psi"] is not None and figures["psi"] > max_psi]
+    return {"signals": signals, "drifted": drifted}
+
+
+def plot_drift(profile: dict, seen: dict, path: str | Path) -> None:
+    """The four distributions, the model's validation split beside production."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    panels = [("predicted label", list(LABELS), [profile["label_mix"][label] for label in LABELS],
+               _share([seen["labels"].get(label, 0) for label in LABELS])),
+              ("confidence", [f"{e:.2f}" for e in CONFIDENCE_EDGES[:-1]], _share(profile["confidence"]["counts"]), _share(seen["confidence"])),
+              ("tokens", [str(e) for e in LENGTH_EDGES[:-1]], _share(profile["token_length"]["counts"]), _share(seen["token_length"])),
+              ("unknown tokens", ["rate"], [profile["unknown_rate"]], [seen["unknown_tokens"] / max(seen["tokens"], 1)])]
+    for axis, (title, ticks, reference, production) in zip(axes, panels):
+        x = np.arange(len(ticks))
+        axis.bar(x - 0.2, reference, 0.4, label="validation (profile)")
+        axis.bar(x + 0.2, production, 0.4, label="production (log)")
+        axis.set_xticks(x, ticks, rotation=90 if len(ticks) > 4 else 0, fontsize=7)
+        axis.set_title(title)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def monitor_profile(model: Optional[str], seen: dict) -> tuple[str, dict]:
+    """The profile to compare with: `model`'s, else that of the one model the log names."""
+    if model is None:
+        if len(seen["models"]) != 1:
+            raise SamError(f"the log holds {len(seen['models'])} models ({', '.join(sorted(seen['models'])) or 'none'}): "
+                           "name one with --model")
+        (model,) = seen["models"]
+    directory = check_model_dir(model_location(model))
+    profile = read_profile(directory)
+    if profile is None:
+        raise SamError(f"{redact(model)}: no {PROFILE_FILE}; write one with: sam profile {redact(model)} --data SOURCE")
+    return model, profile
+
+
+def monitor(log_dir: str, since: Optional[str], model: Optional[str], max_psi: float, min_confidence: float,
+            plot: str | Path) -> dict:
+    """`sam monitor`'s work: the log summed, compared with the profile, the plot written; its summary."""
+    seen = summarize_log(log_dir, since, min_confidence)
+    if not seen["rows"]:
+        raise SamError(f"{redact(log_dir)}: no predictions logged{' in the last ' + since if since else ''}")
+    model, profile = monitor_profile(model, seen)
+    report = compare(profile, seen, max_psi)
+    plot_drift(profile, seen, plot)
+    return {"log": redact(log_dir), "model": redact(model), "rows": seen["rows"], "since": since,
+            "below_confidence": seen["below_confidence"] / seen["rows"], "rows_per_hour": dict(sorted(seen["hours"].items())),
+            "per_model": {redact(m): dict(labels) for m, labels in seen["models"].items()},
+            "psi": {name: figures["psi"] for name, figures in report["signals"].items()}, "drifted": report["drifted"],
+            "plot": str(plot), "signals": report["signals"]}
+
+
+def report_table(summary: dict) -> str:
+    """Each signal on the validation split and in production, and its PSI."""
+    lines = [f"{'signal':<14}{'validation':>28}{'production':>28}{'PSI':>8}"]
+    for name, figures in summary["signals"].items():
+        shown = [json.dumps(figures[side]) if isinstance(figures[side], dict) else f"{figures[side]:.4f}" for side in ("reference", "production")]
+        lines.append(f"{name:<14}{shown[0]:>28}{shown[1]:>28}{'n/a' if figures['psi'] is None else format(figures['psi'], '.3f'):>8}")
+    lines.append(f"{summary['rows']} rows; {summary['below_confidence']:.1%} answered below the confidence floor")
+    return "\n".join(lines)
+
+
+def add_profile(model: str, source: str) -> dict:
+    """`sam profile`: the profile of `model` on `source`'s labelled rows, written beside its metrics.json."""
+    location = model_location(model)
+    if is_model_uri(location):
+        raise SamError(f"{redact(model)}: its files are in MLflow's artifact store, which SAM does not write to; "
+                       "profile a copy of the directory")
+    predictor = Predictor(check_model_dir(location))
+    found = labelled_texts(predictor.directory, source)
+    if found is None:
+        raise SamError(f"{redact(model)}: no sam_config.json names its data: give --data, labelled rows to profile it on")
+    texts, labels = found
+    profile = data_profile(*predictor.token_counter()(texts), predictor.scores(texts), labels)
+    write_text(join(location, PROFILE_FILE), json.dumps(profile, indent=2) + "\n")
+    return profile
