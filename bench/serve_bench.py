@@ -3,6 +3,7 @@
     python bench/serve_bench.py --model DIR [--quantize] [--concurrency 1,32,128] [--rounds 5] [--json]
     python bench/serve_bench.py --model DIR --device cuda [--num-gpus 0.5]   # both servers on the same GPU
     python bench/serve_bench.py --model DIR --device cuda --dry-run          # the plan, nothing started
+    python bench/serve_bench.py --model DIR --log-dir /tmp/log               # Serve with the prediction log vs without
 
 Both servers stay up for the whole run (the plain one in a subprocess, Serve in Ray). At each concurrency,
 closed-loop clients (each sends its next request when the last one is answered) load Serve and the plain
@@ -50,7 +51,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _client(port: int, bodies: list[bytes], offset: int, deadline: float, latencies: list, errors: list) -> None:
+async def _client(port: int, bodies: list[bytes], offset: int, deadline: float, latencies: list, errors: list,
+                  path: bytes = b"/predict") -> None:
     """One keep-alive connection, raw HTTP/1.1: a Python HTTP library would eat the CPU the servers need."""
     reader = writer = None
     i = offset
@@ -61,8 +63,8 @@ async def _client(port: int, bodies: list[bytes], offset: int, deadline: float, 
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
             length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
             await asyncio.wait_for(reader.readexactly(length), timeout=30)
@@ -79,13 +81,13 @@ async def _client(port: int, bodies: list[bytes], offset: int, deadline: float, 
         writer.close()
 
 
-def load(port: int, texts: list[str], concurrency: int, duration_s: float, warmup_s: float) -> dict:
+def load(port: int, texts: list[str], concurrency: int, duration_s: float, warmup_s: float, path: str = "/predict") -> dict:
     bodies = [json.dumps({"text": t}).encode() for t in texts]
 
     async def run(seconds: float) -> tuple[list, list, float]:
         latencies, errors = [], []
         start = time.perf_counter()
-        await asyncio.gather(*(_client(port, bodies, c * 97, start + seconds, latencies, errors) for c in range(concurrency)))
+        await asyncio.gather(*(_client(port, bodies, c * 97, start + seconds, latencies, errors, path.encode()) for c in range(concurrency)))
         return latencies, errors, time.perf_counter() - start
 
     asyncio.run(run(warmup_s))
@@ -193,12 +195,12 @@ def raw_batch_sizes(args: argparse.Namespace) -> list[int]:
     return sorted({1, args.max_batch_size} | ({GPU_RAW_BATCH} if args.device == "cuda" else set()))
 
 
-def serve_args(args: argparse.Namespace):
+def serve_args(args: argparse.Namespace, log_dir: str | None = None):
     from sam.serve import ServeArgs
 
     return ServeArgs(model_dir=args.model, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait,
                      max_ongoing_requests=args.max_ongoing, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                     runtime=runtime(args))
+                     runtime=runtime(args), log_dir=log_dir, log_flush_s=args.log_flush_s)
 
 
 def plain_command(args: argparse.Namespace, port: int) -> list[str]:
@@ -221,7 +223,8 @@ def plain_running(args: argparse.Namespace):
 
 @contextlib.contextmanager
 def serve_running(args: argparse.Namespace):
-    """The batched deployment's port, for as long as the block runs (Ray must be up)."""
+    """The batched deployment's port, for as long as the block runs (Ray must be up). With --log-dir, it keeps the
+    prediction log, and the same app without one answers under /nolog, the baseline."""
     from ray import serve
 
     from sam.serve import build_app
@@ -229,7 +232,9 @@ def serve_running(args: argparse.Namespace):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app(serve_args(args)), name="sam")
+        serve.run(build_app(serve_args(args, args.log_dir)), name="sam")
+        if args.log_dir:
+            serve.run(build_app(serve_args(args)), name="nolog", route_prefix="/nolog")
         wait_ready(port)
         yield port
     finally:
@@ -248,20 +253,23 @@ TABLE_HEADER = (f"{'clients':>7} {'round':>5} | {'Serve req/s':>11} {'p50 ms':>7
                 f"{'plain req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>6} {'errors S/P':>11} {'steal % S/P':>11}")
 
 
-def compare(concurrency: int, serve_port: int, plain_port: int, texts: list[str], args: argparse.Namespace, say) -> dict:
-    """Interleaved rounds at one concurrency; each round keeps both sides' full rows."""
+def compare(concurrency: int, serve_target: tuple[int, str], plain_target: tuple[int, str], texts: list[str],
+            args: argparse.Namespace, say) -> dict:
+    """Interleaved rounds at one concurrency; each round keeps both sides' full rows. A target: (port, path)."""
     rows = {"serve": [], "plain": []}
 
-    def side(name: str, port: int):
+    def side(name: str, target: tuple[int, str]):
+        port, path = target
+
         def run() -> float:
-            row = load(port, texts, concurrency, args.duration, args.warmup)
+            row = load(port, texts, concurrency, args.duration, args.warmup, path)
             if name == "serve":
                 row["mean_batch"] = mean_recent_batch(port)
             rows[name].append(row)
             return row["req_per_s"]
         return run
 
-    result = interleaved(side("serve", serve_port), side("plain", plain_port), args.rounds,
+    result = interleaved(side("serve", serve_target), side("plain", plain_target), args.rounds,
                          on_round=lambda i, r: say(round_line(concurrency, i, rows["serve"][i], rows["plain"][i], r["ratio"]), flush=True))
     rounds = [{"ratio": r, "serve": s, "plain": p} for r, s, p in zip(result["ratios"], rows["serve"], rows["plain"])]
     return {"concurrency": concurrency, **{k: v for k, v in result.items() if k != "rounds"}, "rounds": rounds}
@@ -285,6 +293,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--runtime", choices=["torch", "onnx", "onnx-int8"], default=None,
                         help="the replica's, the plain server's and the raw model's runtime (default: the device's, as Serve's)")
     parser.add_argument("--quantize", action="store_true", help="the same as --runtime onnx-int8")
+    parser.add_argument("--log-dir", default=None, help="the candidate keeps the prediction log here; the baseline is the "
+                        "same Serve app without it (instead of the plain server)")
+    parser.add_argument("--log-flush-s", type=float, default=10.0, help="the log's flush interval, with --log-dir")
     parser.add_argument("--dry-run", action="store_true", help="print the plan as JSON and start nothing")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--plain-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
@@ -331,10 +342,11 @@ def main() -> None:
         texts = load_texts(args.data)
         say(f"{len(texts)} texts, {os.cpu_count()} CPUs, device {args.device}, model {args.model}, serve env {modes or 'default'}", flush=True)
         raw = raw_model(args, texts)  # before the servers start, so they take nothing from it
-        with plain_running(args) as plain_port, serve_running(args) as serve_port:
+        with contextlib.nullcontext() if args.log_dir else plain_running(args) as plain_port, serve_running(args) as serve_port:
+            baseline = (serve_port, "/nolog/predict") if args.log_dir else (plain_port, "/predict")
             say(TABLE_HEADER, flush=True)
             mark = cpu_times()
-            levels = [compare(c, serve_port, plain_port, texts, args, say) for c in args.concurrency]
+            levels = [compare(c, (serve_port, "/predict"), baseline, texts, args, say) for c in args.concurrency]
             steal = steal_percent(mark)
     finally:
         ray.shutdown()
@@ -349,14 +361,14 @@ def main() -> None:
         for i, r in enumerate(level["rounds"]):
             say(round_line(level["concurrency"], i, r["serve"], r["plain"], r["ratio"]))
     for level in levels:
-        say(f"{level['concurrency']:>4} clients: {summary(level, 'batched Serve', 'plain FastAPI')}")
+        say(f"{level['concurrency']:>4} clients: {summary(level, *(('Serve with the log', 'Serve without') if args.log_dir else ('batched Serve', 'plain FastAPI')))}")
     for row in raw:
         say(f"raw model on {args.device}, batch {row['batch_size']:>3}: {row['texts_per_s']:>8} texts/s "
             f"({row['texts_per_s'] / by_size[1]:.2f}x batch 1, CPU steal {row['cpu_steal_percent']} %)")
     say(f"batching can gain at most {ceiling}x (raw batch {args.max_batch_size} / batch 1); batched Serve at "
         f"{headline['concurrency']} clients (median) reaches {share_of_raw:.0%} of raw batch {args.max_batch_size}; CPU steal {steal} %")
     print(json.dumps({
-        "env": modes, "device": args.device, "num_gpus": args.num_gpus, "num_cpus": args.num_cpus, "runtime": runtime(args),
+        "env": modes, "log_dir": args.log_dir, "device": args.device, "num_gpus": args.num_gpus, "num_cpus": args.num_cpus, "runtime": runtime(args),
         "rounds": args.rounds, "duration_s": args.duration, "concurrency": headline["concurrency"],
         "ratios": headline["ratios"], "median_ratio": headline["median_ratio"],
         "min_ratio": headline["min_ratio"], "max_ratio": headline["max_ratio"],
