@@ -83,6 +83,7 @@ def summarize_log(log_dir: str, since: Optional[str] = None, min_confidence: flo
         raise SamError(f"{redact(log_dir)}: no prediction log there")
     cutoff = since_cutoff(since)
     rows = ray.data.read_parquet(ray_data_path(log_dir), file_extensions=["parquet"])
+    rows.context.enable_progress_bars = False  # this read's own context: one summary line per block is quick
     summaries = rows.map_batches(_block_summary, fn_kwargs={"cutoff": cutoff, "min_confidence": min_confidence},
                                  batch_format="pandas", batch_size=None)
     return _merge(row["summary"] for row in summaries.iter_rows())
@@ -121,8 +122,8 @@ def compare(profile: dict, seen: dict, max_psi: float) -> dict:
     return {"signals": signals, "drifted": drifted}
 
 
-def plot_drift(profile: dict, seen: dict, path: str | Path) -> None:
-    """The four distributions, the model's validation split beside production."""
+def plot_drift(profile: dict, seen: dict, path: str | Path, psis: Optional[dict] = None) -> None:
+    """The four distributions, the model's validation split beside production, each titled with its PSI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,12 +135,13 @@ def plot_drift(profile: dict, seen: dict, path: str | Path) -> None:
               ("confidence", [f"{e:.2f}" for e in CONFIDENCE_EDGES[:-1]], _share(profile["confidence"]["counts"]), _share(seen["confidence"])),
               ("tokens", [str(e) for e in LENGTH_EDGES[:-1]], _share(profile["token_length"]["counts"]), _share(seen["token_length"])),
               ("unknown tokens", ["rate"], [profile["unknown_rate"]], [seen["unknown_tokens"] / max(seen["tokens"], 1)])]
-    for axis, (title, ticks, reference, production) in zip(axes, panels):
+    for axis, signal, (title, ticks, reference, production) in zip(axes, SIGNALS, panels):
         x = np.arange(len(ticks))
         axis.bar(x - 0.2, reference, 0.4, label="validation (profile)")
         axis.bar(x + 0.2, production, 0.4, label="production (log)")
         axis.set_xticks(x, ticks, rotation=90 if len(ticks) > 4 else 0, fontsize=7)
-        axis.set_title(title)
+        psi_value = (psis or {}).get(signal)
+        axis.set_title(title if psi_value is None else f"{title} (PSI {psi_value:.3f})")
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -168,7 +170,7 @@ def monitor(log_dir: str, since: Optional[str], model: Optional[str], max_psi: f
         raise SamError(f"{redact(log_dir)}: no predictions logged{' in the last ' + since if since else ''}")
     model, profile = monitor_profile(model, seen)
     report = compare(profile, seen, max_psi)
-    plot_drift(profile, seen, plot)
+    plot_drift(profile, seen, plot, {name: figures["psi"] for name, figures in report["signals"].items()})
     return {"log": redact(log_dir), "model": redact(model), "rows": seen["rows"], "since": since,
             "below_confidence": seen["below_confidence"] / seen["rows"], "rows_per_hour": dict(sorted(seen["hours"].items())),
             "per_model": {redact(m): dict(labels) for m, labels in seen["models"].items()},
@@ -178,9 +180,10 @@ def monitor(log_dir: str, since: Optional[str], model: Optional[str], max_psi: f
 
 def report_table(summary: dict) -> str:
     """Each signal on the validation split and in production, and its PSI."""
-    lines = [f"{'signal':<14}{'validation':>28}{'production':>28}{'PSI':>8}"]
+    lines = [f"{'signal':<14}{'validation':>28}{'production':>28}{'PSI':>8}   (label mix: {' '.join(LABELS)})"]
     for name, figures in summary["signals"].items():
-        shown = [json.dumps(figures[side]) if isinstance(figures[side], dict) else f"{figures[side]:.4f}" for side in ("reference", "production")]
+        shown = [" ".join(f"{share:.2f}" for share in figures[side].values()) if isinstance(figures[side], dict)
+                 else f"{figures[side]:.4f}" for side in ("reference", "production")]
         lines.append(f"{name:<14}{shown[0]:>28}{shown[1]:>28}{'n/a' if figures['psi'] is None else format(figures['psi'], '.3f'):>8}")
     lines.append(f"{summary['rows']} rows; {summary['below_confidence']:.1%} answered below the confidence floor")
     return "\n".join(lines)

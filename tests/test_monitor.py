@@ -15,7 +15,7 @@ from sam.drift import PROFILE_FILE
 from sam.monitor import since_cutoff
 from sam.predict import Predictor
 from sam.prediction_log import SCHEMA, LogSettings, PredictionLog
-from tests.helpers import tweet_rows
+from tests.helpers import TINY_OPTIONS, tweet_rows
 
 GIBBERISH = [f"zqx{i} vlorp{i} brrrt{i} quaxx{i} snerf{i}" for i in range(40)]
 
@@ -97,9 +97,39 @@ def test_bad_arguments_are_one_line(profiled_model, tmp_path, capsys):
         since_cutoff("yesterday")
 
 
-def test_the_log_is_data_that_another_model_scores_again(profiled_model, tmp_path, capsys):
+def test_a_log_of_one_label_drifts_on_the_label_mix(profiled_model, tmp_path, capsys):
+    """The tiny model answers Neutral to everything, so its log is written by hand: every answer Negative."""
+    now = datetime.now(timezone.utc)
+    rows = [{"time": now, "request_id": f"r{i}", "model": str(profiled_model), "model_hash": "hash", "text": f"bad {i}",
+             "text_sha256": "0", "sentiment": "Negative", "confidence": 0.34, "scores": {"Negative": 0.34, "Neutral": 0.33, "Positive": 0.33},
+             "latency_ms": 1.0, "tokens": 12, "unknown_tokens": 0} for i in range(50)]
+    partition = tmp_path / "log" / now.strftime("date=%Y-%m-%d/hour=%H")
+    partition.mkdir(parents=True)
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows, schema=SCHEMA), partition / "negative.parquet")
+    code, summary, err = monitor(capsys, "--log", str(tmp_path / "log"), "--plot", str(tmp_path / "negative.png"))
+    assert code == 1 and "label_mix" in summary["drifted"] and summary["psi"]["label_mix"] > 1
+    assert summary["per_model"] == {str(profiled_model): {"Negative": 50}} and "label_mix (PSI " in err
+
+
+@pytest.mark.slow
+def test_the_log_is_data_scored_again_and_trained_on_after_a_label_join(profiled_model, tmp_path, capsys):
+    import pyarrow.dataset as ds
+
     texts = [row["text"] for row in tweet_rows()]
     log_dir = write_log(tmp_path / "log", profiled_model, texts)
     assert main(["predict", "--data", str(log_dir), "--model", str(profiled_model), "--output", str(tmp_path / "again")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rows"] == len(texts) and not summary["rejected"]
+
+    # docs/monitoring.md's join: a labelling tool's export (request_id, label) joined onto the log
+    log = ds.dataset(str(log_dir), format="parquet", partitioning="hive").to_table(columns=["request_id", "text"])
+    by_request = {}
+    for row in tweet_rows():
+        by_request.setdefault(next(f"request-{i}" for i in range(4) if row["text"] in texts[i::4]), []).append(row["label"])
+    labels = pyarrow.table({"request_id": [f"request-{i}" for i in range(4)], "label": [max(set(v), key=v.count) for v in
+                                                                                       (by_request[f"request-{i}"] for i in range(4))]})
+    (tmp_path / "relabelled").mkdir()
+    pyarrow.parquet.write_table(log.join(labels, "request_id"), tmp_path / "relabelled" / "train.parquet")
+    assert main(["train", "--data", str(tmp_path / "relabelled"), *TINY_OPTIONS, "--epochs", "1", "--output", str(tmp_path / "next"),
+                 "--storage", str(tmp_path / "runs")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_train"] > 0
