@@ -103,7 +103,7 @@ def figures(result: dict, out: Path) -> dict:
                 "restored_from_epoch": [h["restored_from_epoch"] for h in history]}
     if name.startswith("search"):
         return {"trials_per_hour": round(TRIALS * 3600 / result["wall_s"], 1), "best_val_accuracy": output.get("val_accuracy")}
-    return {k: output.get(k) for k in ("median_ratio", "ratios", "rows") if k in output}
+    return {k: output.get(k) for k in ("median_ratio", "ratios", "rows", "accuracy") if k in output}
 
 
 def markdown(results: list[dict], device: str) -> str:

@@ -14,9 +14,10 @@ def test_dry_run_prints_every_step_and_each_command_parses(tmp_path, capsys):
     assert gpu_ray_check.main([str(tmp_path), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "train_fp32", "train_bf16", "two_workers_one_gpu", "search_1_gpu", "search_0.5_gpu", "search_0.25_gpu", "serving"]
+        "train_fp32", "train_bf16", "two_workers_one_gpu", "search_1_gpu", "search_0.5_gpu", "search_0.25_gpu", "runtime_on_gpu",
+        "serving"]
     assert "--gpus-per-worker 0.5" in lines[2] and "-m tests.faults 70 train" in lines[2]
-    assert "--gpus-per-trial 0.25" in lines[5] and "--device cuda" in lines[6]
+    assert "--gpus-per-trial 0.25" in lines[5] and "--gpus-per-actor 1" in lines[6] and "--device cuda" in lines[7]
 
 
 def test_a_renamed_flag_fails_the_plan_before_any_gpu_time():
