@@ -64,7 +64,8 @@ def test_two_cpu_workers_train_and_export_a_standard_directory(ray_session, twee
     assert metrics["peak_lr"] == pytest.approx(3e-3)
     assert json.loads((output / "metrics.json").read_text())["val_accuracy"] == metrics["val_accuracy"]
     assert {p.name for p in output.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                                                   "sam_config.json", "metrics.json", "onnx"}  # training state stays in the checkpoints
+                                                   "sam_config.json", "metrics.json", "profile.json", "onnx"}
+    # (training state stays in the checkpoints)
     model = AutoModelForSequenceClassification.from_pretrained(output)
     tokenizer = AutoTokenizer.from_pretrained(output)
     assert model(**tokenizer(["I love it"], return_tensors="pt", return_token_type_ids=False)).logits.shape == (1, 3)
