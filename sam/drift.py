@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sam import LABELS
+from sam.storage import join, write_text
 
 PROFILE_FILE = "profile.json"
 LENGTH_EDGES = [0, 8, 16, 24, 32, 48, 64, 96, 128, 1 << 20]  # tokens, special ones included
@@ -52,8 +53,9 @@ def data_profile(lengths: np.ndarray, unknown: np.ndarray, scores: np.ndarray, l
     return profile
 
 
-def write_profile(directory: Path, profile: dict) -> None:
-    (Path(directory) / PROFILE_FILE).write_text(json.dumps(profile, indent=2) + "\n")
+def write_profile(directory: str | Path, profile: dict) -> None:
+    """profile.json into a model directory: a local path or a URI."""
+    write_text(join(directory, PROFILE_FILE), json.dumps(profile, indent=2) + "\n")
 
 
 def read_profile(directory: Path) -> Optional[dict]:

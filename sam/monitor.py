@@ -17,12 +17,12 @@ import pandas as pd
 import ray.data
 
 from sam import LABELS, SamError
-from sam.drift import CONFIDENCE_EDGES, LENGTH_EDGES, PROFILE_FILE, data_profile, histogram, psi, read_profile
+from sam.drift import CONFIDENCE_EDGES, LENGTH_EDGES, PROFILE_FILE, data_profile, histogram, psi, read_profile, write_profile
 from sam.locations import model_location
 from sam.onnx_export import labelled_texts
 from sam.predict import Predictor
 from sam.runtimes import check_model_dir
-from sam.storage import exists, is_model_uri, join, ray_data_path, redact, write_text
+from sam.storage import exists, is_model_uri, ray_data_path, redact
 
 SIGNALS = ("label_mix", "confidence", "token_length", "unknown_rate")
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -122,25 +122,26 @@ def compare(profile: dict, seen: dict, max_psi: float) -> dict:
     return {"signals": signals, "drifted": drifted}
 
 
-def plot_drift(profile: dict, seen: dict, path: str | Path, psis: Optional[dict] = None) -> None:
-    """The four distributions, the model's validation split beside production, each titled with its PSI."""
+def plot_drift(profile: dict, seen: dict, signals: dict, path: str | Path) -> None:
+    """The four distributions, the model's validation split beside production, each titled with its PSI
+    (`signals`: `compare`'s)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    panels = [("predicted label", list(LABELS), [profile["label_mix"][label] for label in LABELS],
-               _share([seen["labels"].get(label, 0) for label in LABELS])),
+    panels = [("predicted label", list(LABELS), list(signals["label_mix"]["reference"].values()),
+               list(signals["label_mix"]["production"].values())),
               ("confidence", [f"{e:.2f}" for e in CONFIDENCE_EDGES[:-1]], _share(profile["confidence"]["counts"]), _share(seen["confidence"])),
               ("tokens", [str(e) for e in LENGTH_EDGES[:-1]], _share(profile["token_length"]["counts"]), _share(seen["token_length"])),
-              ("unknown tokens", ["rate"], [profile["unknown_rate"]], [seen["unknown_tokens"] / max(seen["tokens"], 1)])]
+              ("unknown tokens", ["rate"], [signals["unknown_rate"]["reference"]], [signals["unknown_rate"]["production"]])]
     for axis, signal, (title, ticks, reference, production) in zip(axes, SIGNALS, panels):
         x = np.arange(len(ticks))
         axis.bar(x - 0.2, reference, 0.4, label="validation (profile)")
         axis.bar(x + 0.2, production, 0.4, label="production (log)")
         axis.set_xticks(x, ticks, rotation=90 if len(ticks) > 4 else 0, fontsize=7)
-        psi_value = (psis or {}).get(signal)
+        psi_value = signals[signal]["psi"]
         axis.set_title(title if psi_value is None else f"{title} (PSI {psi_value:.3f})")
     axes[0].legend(fontsize=7)
     figure.tight_layout()
@@ -170,7 +171,7 @@ def monitor(log_dir: str, since: Optional[str], model: Optional[str], max_psi: f
         raise SamError(f"{redact(log_dir)}: no predictions logged{' in the last ' + since if since else ''}")
     model, profile = monitor_profile(model, seen)
     report = compare(profile, seen, max_psi)
-    plot_drift(profile, seen, plot, {name: figures["psi"] for name, figures in report["signals"].items()})
+    plot_drift(profile, seen, report["signals"], plot)
     return {"log": redact(log_dir), "model": redact(model), "rows": seen["rows"], "since": since,
             "below_confidence": seen["below_confidence"] / seen["rows"], "rows_per_hour": dict(sorted(seen["hours"].items())),
             "per_model": {redact(m): dict(labels) for m, labels in seen["models"].items()},
@@ -201,5 +202,5 @@ def add_profile(model: str, source: str) -> dict:
         raise SamError(f"{redact(model)}: no sam_config.json names its data: give --data, labelled rows to profile it on")
     texts, labels = found
     profile = data_profile(*predictor.token_counter()(texts), predictor.scores(texts), labels)
-    write_text(join(location, PROFILE_FILE), json.dumps(profile, indent=2) + "\n")
+    write_profile(location, profile)
     return profile
