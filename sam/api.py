@@ -81,6 +81,8 @@ class Prediction(BaseModel):
     label: Annotated[int, Field(ge=0, le=len(LABELS) - 1, description="index of `sentiment` in the labels")]
     confidence: Annotated[Probability, Field(description="the highest of `scores`")]
     scores: Scores
+    model: str = Field(description="the model that answered (also the `X-SAM-Model` header): its location, or "
+                                   "`models:/NAME/VERSION`")
 
 
 class BatchPrediction(BaseModel):
@@ -104,7 +106,29 @@ class PredictionLogState(BaseModel):
     dropped: int = Field(description="rows dropped by this replica: its buffer full, or storage failing")
 
 
-class ModelInfo(BaseModel):
+class ModelTraffic(BaseModel):
+    requests: int
+    errors: int
+    latency_ms: list[int] = Field(description="requests per latency bin (sam.traffic.LATENCY_BOUNDS_MS, then the rest)")
+
+
+class ShadowTraffic(BaseModel):
+    compared: int = Field(description="texts both models scored")
+    agreed: int
+    failed: int = Field(description="shadow requests the challenger failed")
+    skipped: int = Field(description="shadow requests not sent: too many still waiting on the challenger")
+
+
+class Traffic(BaseModel):
+    """This replica's counters since it started; a reader diffs two readings of each replica."""
+
+    replica: str
+    models: dict[str, ModelTraffic]
+    shadow: ShadowTraffic
+
+
+class ServedModel(BaseModel):
+    model: str = Field(description="the name its answers carry")
     model_dir: str
     labels: list[Literal[LABELS]]
     shape: dict[str, Any] = Field(description="the model's real shape, from its config.json")
@@ -115,6 +139,18 @@ class ModelInfo(BaseModel):
     quantized: bool = Field(description="the runtime is onnx-int8")
     batching: Batching
     log: Optional[PredictionLogState] = Field(None, description="the prediction log, where one is kept")
+
+
+class Challenger(ServedModel):
+    share: float = Field(description="split: the share of request keys it answers")
+    mode: Literal["split", "shadow"]
+
+
+class ModelInfo(ServedModel):
+    """The champion, and the challenger beside it where one is deployed."""
+
+    challenger: Optional[Challenger] = None
+    traffic: Traffic
 
 
 class Detail(BaseModel):

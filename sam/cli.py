@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from sam import SamError
 from sam.config import CARVED, DEFAULT_MODEL_DIR, HOLDOUT, VALIDATION, Config, add_config_arguments, given_knobs
 from sam.locations import local_model_dir
+from sam.rollout import DEFAULT_STEPS
 from sam.runtimes import RUNTIMES
 from sam.storage import exists, join, redact, resolve
 
@@ -238,6 +239,20 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from sam.console import parse_duration
+    from sam.rollout import Checks, Rollout, parse_steps
+
+    steps, hold = parse_steps(args.steps), parse_duration(args.hold, "--hold").total_seconds()
+    checks = Checks(args.max_error_rate, args.max_p99_ms, args.min_agreement, args.min_requests)
+    summary = Rollout(args.config, args.challenger, args.address, args.url, args.app).run(steps, hold, checks)
+    print(json.dumps(summary))
+    if summary["result"] == "rolled_back":
+        print(f"sam rollout: rolled back: {summary['why']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def predict_dataset(args: argparse.Namespace) -> int:
     """Batch scoring as one Ray Data pass: predictions to OUTPUT/predictions, unusable rows to OUTPUT/rejects,
     and a summary with rows per scoring actor, the wait for the first scored batch and the steady rate."""
@@ -420,6 +435,28 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--plot", default="monitor.png", metavar="FILE.png", help="the distributions side by side (default: monitor.png)")
     add_monitoring_arguments(monitor)
     monitor.set_defaults(run=cmd_monitor)
+
+    rollout = commands.add_parser(
+        "rollout", help="bring a challenger model into production in steps of live traffic; roll back on a failed check",
+        description="Steps the challenger's share of a deployed SAM app through `serve deploy` (a step named "
+                    "'shadow' scores every request with it unseen), holds each step while reading the app's own "
+                    "counters, rolls back at the first failed check (exit 1, naming it) and promotes after the last "
+                    "(the challenger becomes model_dir; a models:/NAME@ALIAS champion has its alias moved). One line "
+                    "per step, then a JSON line.")
+    rollout.add_argument("--config", required=True, help="the Serve config the app was deployed with (serve_config.yaml)")
+    rollout.add_argument("--challenger", required=True, metavar="MODEL", help="model directory: path, URI or models:/")
+    rollout.add_argument("--steps", default=DEFAULT_STEPS, help=f"percentages, 'shadow' allowed first (default: {DEFAULT_STEPS})")
+    rollout.add_argument("--hold", default="60s", help="how long each step is watched: 30s, 5m (default: 60s)")
+    rollout.add_argument("--max-error-rate", type=float, default=0.01, help="the challenger's errors per answer (default: 0.01)")
+    rollout.add_argument("--max-p99-ms", type=float, default=None, help="the challenger's p99 latency, as the ingress sees it")
+    rollout.add_argument("--min-agreement", type=float, default=None, help="agreement with the champion on shadow requests")
+    rollout.add_argument("--min-requests", type=int, default=10, help="answers a hold must see to judge (default: 10)")
+    rollout.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"),
+                         help="the Ray dashboard, as for serve deploy (default: RAY_DASHBOARD_ADDRESS or http://127.0.0.1:8265)")
+    rollout.add_argument("--url", default=None, help="the app's HTTP address (default: from the config)")
+    rollout.add_argument("--app", default=None, help="the application's name in the config (default: the one serving serve_app:app)")
+    add_monitoring_arguments(rollout, tracking=False)
+    rollout.set_defaults(run=cmd_rollout)
 
     tokenizer = commands.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="action", required=True)
     tokenizer_train = tokenizer.add_parser("train", help="train a WordPiece tokenizer on the train texts")

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
+
+from sam import SamError
 
 log = logging.getLogger("sam")
 
@@ -115,6 +119,18 @@ def ray_init_options(verbose: bool) -> dict:
             "runtime_env": {"worker_process_setup_hook": "sam.console.quiet_worker",
                             "env_vars": {**passed, "RAY_DATA_LOG_LEVEL": "ERROR",
                                          "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}}}
+
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    """`30s`, `90m`, `24h`, `7d`; anything else is one error naming the option."""
+    match = DURATION.match(text.strip())
+    if not match:
+        raise SamError(f"{option} {text!r}: expected a number and a unit (s, m, h or d), e.g. 24h")
+    return timedelta(**{UNITS[match[2]]: float(match[1])})
 
 
 def _duration(seconds: float) -> str:

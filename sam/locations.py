@@ -84,6 +84,17 @@ def model_location(path: str | Path) -> str:
     return resolve(path)
 
 
+def deployed_model(path: str | Path) -> tuple[str, str]:
+    """`model_location`'s answer and the model's name as answers and logs show it: `models:/NAME/VERSION` for a
+    registered model (whichever alias named it), else its location, credentials left out."""
+    if not is_model_uri(path):
+        return resolve(path), redact(resolve(path))
+    from sam.tracking import registered_version
+
+    name, version, _ = registered_version(str(path))
+    return pinned(f"models:/{name}/{version}"), f"models:/{name}/{version}"
+
+
 def pinned(uri: str) -> str:
     """A registered model as every process of a job finds the same files: the version's files when storage reads
     them (a local path, s3://...), else `models:/NAME/VERSION`, which each node downloads through MLflow."""

@@ -6,9 +6,8 @@ the profile of a model directory that has none (a plain Hugging Face one), from 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -17,76 +16,126 @@ import pandas as pd
 import ray.data
 
 from sam import LABELS, SamError
+from sam.console import parse_duration
 from sam.drift import CONFIDENCE_EDGES, LENGTH_EDGES, PROFILE_FILE, data_profile, histogram, psi, read_profile, write_profile
-from sam.locations import model_location
+from sam.locations import deployed_model, model_location
 from sam.onnx_export import labelled_texts
 from sam.predict import Predictor
 from sam.runtimes import check_model_dir
 from sam.storage import exists, is_model_uri, ray_data_path, redact
 
 SIGNALS = ("label_mix", "confidence", "token_length", "unknown_rate")
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def since_cutoff(since: Optional[str], now: Optional[datetime] = None) -> Optional[datetime]:
     """`24h`, `90m`, `7d`, `30s` before now (UTC); None: the whole log."""
     if not since:
         return None
-    match = DURATION.match(since.strip())
-    if not match:
-        raise SamError(f"--since {since!r}: expected a number and a unit (s, m, h or d), e.g. 24h")
-    return (now or datetime.now(timezone.utc)) - timedelta(**{UNITS[match[2]]: float(match[1])})
+    return (now or datetime.now(timezone.utc)) - parse_duration(since, "--since")
 
 
-def _block_summary(batch: pd.DataFrame, cutoff: Optional[datetime], min_confidence: float) -> pd.DataFrame:
-    """One block of the log to one row: its counts per label, bin, hour and model, as JSON."""
-    if cutoff is not None:
-        batch = batch[pd.to_datetime(batch["time"], utc=True) >= cutoff]
+def _summary(batch: pd.DataFrame, min_confidence: float) -> dict:
+    """One model's rows in a block as counts: labels, bins, hours, tokens, and how many were shadow answers."""
     tokens = batch["tokens"].dropna().to_numpy(dtype=np.int64) if "tokens" in batch else np.zeros(0, dtype=np.int64)
     unknown = batch["unknown_tokens"].dropna().to_numpy(dtype=np.int64) if "unknown_tokens" in batch else np.zeros(0, dtype=np.int64)
     confidence = batch["confidence"].to_numpy(dtype=np.float64)
     hours = pd.to_datetime(batch["time"], utc=True).dt.strftime("%Y-%m-%dT%H:00Z")
-    summary = {
+    return {
         "rows": int(len(batch)),
         "labels": Counter(batch["sentiment"].tolist()),
         "confidence": histogram(confidence, CONFIDENCE_EDGES),
+        "confidence_sum": float(confidence.sum()),
         "token_length": histogram(tokens, LENGTH_EDGES),
         "tokens": int(tokens.sum()), "unknown_tokens": int(unknown.sum()),
         "below_confidence": int((confidence < min_confidence).sum()),
         "hours": Counter(hours.tolist()),
-        "models": {model: Counter(part["sentiment"].tolist()) for model, part in batch.groupby("model")} if len(batch) else {},
+        "shadow_rows": int((~_served(batch)).sum()),
     }
+
+
+def _served(batch: pd.DataFrame) -> pd.Series:
+    """Rows a client got; logs from before the `served` column hold only those."""
+    if "served" not in batch:
+        return pd.Series(True, index=batch.index)
+    return batch["served"].fillna(True).astype(bool)
+
+
+def _block_summary(batch: pd.DataFrame, cutoff: Optional[datetime], min_confidence: float) -> pd.DataFrame:
+    """One block of the log to one row: each model's counts, as JSON."""
+    if cutoff is not None:
+        batch = batch[pd.to_datetime(batch["time"], utc=True) >= cutoff]
+    summary = {model: _summary(part, min_confidence) for model, part in batch.groupby("model")} if len(batch) else {}
     return pd.DataFrame({"summary": [json.dumps(summary)]})
 
 
-def _merge(summaries) -> dict:
-    total = {"rows": 0, "labels": Counter(), "confidence": np.zeros(len(CONFIDENCE_EDGES) - 1, dtype=np.int64),
-             "token_length": np.zeros(len(LENGTH_EDGES) - 1, dtype=np.int64), "tokens": 0, "unknown_tokens": 0,
-             "below_confidence": 0, "hours": Counter(), "models": {}}
+def _empty() -> dict:
+    return {"rows": 0, "labels": Counter(), "confidence": np.zeros(len(CONFIDENCE_EDGES) - 1, dtype=np.int64),
+            "confidence_sum": 0.0, "token_length": np.zeros(len(LENGTH_EDGES) - 1, dtype=np.int64), "tokens": 0,
+            "unknown_tokens": 0, "below_confidence": 0, "hours": Counter(), "shadow_rows": 0}
+
+
+def _merge(summaries) -> dict[str, dict]:
+    total: dict[str, dict] = {}
     for text in summaries:
-        part = json.loads(text)
-        for key in ("rows", "tokens", "unknown_tokens", "below_confidence"):
-            total[key] += part[key]
-        for key in ("labels", "hours"):
-            total[key].update(part[key])
-        for key in ("confidence", "token_length"):
-            total[key] += np.asarray(part[key], dtype=np.int64)
-        for model, labels in part["models"].items():
-            total["models"].setdefault(model, Counter()).update(labels)
+        for model, part in json.loads(text).items():
+            into = total.setdefault(model, _empty())
+            for key in ("rows", "tokens", "unknown_tokens", "below_confidence", "confidence_sum", "shadow_rows"):
+                into[key] += part[key]
+            for key in ("labels", "hours"):
+                into[key].update(part[key])
+            for key in ("confidence", "token_length"):
+                into[key] += np.asarray(part[key], dtype=np.int64)
     return total
 
 
-def summarize_log(log_dir: str, since: Optional[str] = None, min_confidence: float = 0.5) -> dict:
-    """The log's counts, summed over blocks by a Ray Data job: rows, labels, histograms, tokens, hours, models."""
+def _read_log(log_dir: str) -> ray.data.Dataset:
     if not exists(log_dir):
         raise SamError(f"{redact(log_dir)}: no prediction log there")
-    cutoff = since_cutoff(since)
     rows = ray.data.read_parquet(ray_data_path(log_dir), file_extensions=["parquet"])
     rows.context.enable_progress_bars = False  # this read's own context: one summary line per block is quick
-    summaries = rows.map_batches(_block_summary, fn_kwargs={"cutoff": cutoff, "min_confidence": min_confidence},
-                                 batch_format="pandas", batch_size=None)
+    return rows
+
+
+def summarize_log(log_dir: str, since: Optional[str] = None, min_confidence: float = 0.5) -> dict[str, dict]:
+    """The log's counts per model, summed over blocks by a Ray Data job: rows, labels, histograms, tokens, hours."""
+    summaries = _read_log(log_dir).map_batches(_block_summary, fn_kwargs={"cutoff": since_cutoff(since), "min_confidence": min_confidence},
+                                               batch_format="pandas", batch_size=None)
     return _merge(row["summary"] for row in summaries.iter_rows())
+
+
+def _answer_pairs(batch: pd.DataFrame, cutoff: Optional[datetime]) -> pd.DataFrame:
+    """The columns that pair a shadow answer with the served one: a request's id and text."""
+    if cutoff is not None:
+        batch = batch[pd.to_datetime(batch["time"], utc=True) >= cutoff]
+    batch = batch[batch["request_id"].fillna("") != ""]
+    return pd.DataFrame({"key": batch["request_id"] + "/" + batch["text_sha256"].fillna(""), "model": batch["model"],
+                         "sentiment": batch["sentiment"], "served": _served(batch)})
+
+
+def _pair(group: pd.DataFrame) -> pd.DataFrame:
+    served, shadow = group[group["served"]], group[~group["served"]]
+    pairs = [(a.model, b.model, a.sentiment, b.sentiment) for a in served.itertuples() for b in shadow.itertuples()][:len(served)]
+    return pd.DataFrame(pairs, columns=["champion", "challenger", "answered", "shadow"])
+
+
+def shadow_agreement(log_dir: str, since: Optional[str] = None) -> list[dict]:
+    """For each champion and shadowing challenger: the texts both answered (paired by request id and text), how
+    often they agreed, and the confusion table (the champion's answer, then the challenger's)."""
+    cutoff = since_cutoff(since)
+    pairs = (_read_log(log_dir).map_batches(_answer_pairs, fn_kwargs={"cutoff": cutoff}, batch_format="pandas")
+             .groupby("key").map_groups(_pair, batch_format="pandas")
+             .groupby(["champion", "challenger", "answered", "shadow"]).count())
+    tables: dict[tuple[str, str], dict] = {}
+    for row in pairs.iter_rows():
+        table = tables.setdefault((row["champion"], row["challenger"]), {label: dict.fromkeys(LABELS, 0) for label in LABELS})
+        table[row["answered"]][row["shadow"]] += row["count()"]
+    report = []
+    for (champion, challenger), table in sorted(tables.items()):
+        compared = sum(sum(row.values()) for row in table.values())
+        agreed = sum(table[label][label] for label in LABELS)
+        report.append({"champion": redact(champion), "challenger": redact(challenger), "compared": compared,
+                       "agreement": agreed / compared, "confusion": table})
+    return report
 
 
 def _share(counts) -> np.ndarray:
@@ -149,34 +198,45 @@ def plot_drift(profile: dict, seen: dict, signals: dict, path: str | Path) -> No
     plt.close(figure)
 
 
-def monitor_profile(model: Optional[str], seen: dict) -> tuple[str, dict]:
-    """The profile to compare with: `model`'s, else that of the one model the log names."""
+def monitor_profile(model: Optional[str], by_model: dict[str, dict]) -> tuple[str, dict, dict]:
+    """The model to compare (`model`, else the one model that answered clients), its profile and its counts."""
     if model is None:
-        if len(seen["models"]) != 1:
-            raise SamError(f"the log holds {len(seen['models'])} models ({', '.join(sorted(seen['models'])) or 'none'}): "
-                           "name one with --model")
-        (model,) = seen["models"]
+        answering = sorted(name for name, seen in by_model.items() if seen["rows"] > seen["shadow_rows"])
+        if len(answering) != 1:
+            raise SamError(f"the log holds {len(answering)} models ({', '.join(answering) or 'none'}): name one with --model")
+        (model,) = answering
+    name = deployed_model(model)[1] if model not in by_model else model
+    if name not in by_model:
+        raise SamError(f"{redact(model)}: not in the log, which holds {', '.join(sorted(by_model))}")
     directory = check_model_dir(model_location(model))
     profile = read_profile(directory)
     if profile is None:
         raise SamError(f"{redact(model)}: no {PROFILE_FILE}; write one with: sam profile {redact(model)} --data SOURCE")
-    return model, profile
+    return model, profile, by_model[name]
 
 
 def monitor(log_dir: str, since: Optional[str], model: Optional[str], max_psi: float, min_confidence: float,
             plot: str | Path) -> dict:
     """`sam monitor`'s work: the log summed, compared with the profile, the plot written; its summary."""
-    seen = summarize_log(log_dir, since, min_confidence)
-    if not seen["rows"]:
+    by_model = summarize_log(log_dir, since, min_confidence)
+    if not by_model:
         raise SamError(f"{redact(log_dir)}: no predictions logged{' in the last ' + since if since else ''}")
-    model, profile = monitor_profile(model, seen)
+    model, profile, seen = monitor_profile(model, by_model)
     report = compare(profile, seen, max_psi)
     plot_drift(profile, seen, report["signals"], plot)
+    per_model = {redact(name): {"rows": m["rows"], "shadow_rows": m["shadow_rows"], "label_mix": dict(_share_of(m["labels"])),
+                                "mean_confidence": round(m["confidence_sum"] / max(m["rows"], 1), 4)} for name, m in by_model.items()}
+    shadowed = any(m["shadow_rows"] for m in by_model.values())
     return {"log": redact(log_dir), "model": redact(model), "rows": seen["rows"], "since": since,
             "below_confidence": seen["below_confidence"] / seen["rows"], "rows_per_hour": dict(sorted(seen["hours"].items())),
-            "per_model": {redact(m): dict(labels) for m, labels in seen["models"].items()},
+            "per_model": per_model, "shadow": shadow_agreement(log_dir, since) if shadowed else [],
             "psi": {name: figures["psi"] for name, figures in report["signals"].items()}, "drifted": report["drifted"],
             "plot": str(plot), "signals": report["signals"]}
+
+
+def _share_of(labels: Counter) -> dict[str, float]:
+    total = max(sum(labels.values()), 1)
+    return {label: round(labels.get(label, 0) / total, 4) for label in LABELS}
 
 
 def report_table(summary: dict) -> str:
@@ -187,6 +247,15 @@ def report_table(summary: dict) -> str:
                  else f"{figures[side]:.4f}" for side in ("reference", "production")]
         lines.append(f"{name:<14}{shown[0]:>28}{shown[1]:>28}{'n/a' if figures['psi'] is None else format(figures['psi'], '.3f'):>8}")
     lines.append(f"{summary['rows']} rows; {summary['below_confidence']:.1%} answered below the confidence floor")
+    if len(summary["per_model"]) > 1:
+        lines.append(f"{'model':<40}{'rows':>9}{'shadow':>9}{'confidence':>12}   label mix ({' '.join(LABELS)})")
+        for name, figures in summary["per_model"].items():
+            lines.append(f"{name[-40:]:<40}{figures['rows']:>9}{figures['shadow_rows']:>9}{figures['mean_confidence']:>12.3f}   "
+                         + " ".join(f"{share:.2f}" for share in figures["label_mix"].values()))
+    for pair in summary["shadow"]:
+        lines.append(f"shadow: {pair['challenger']} agreed with {pair['champion']} on {pair['agreement']:.1%} of {pair['compared']} texts")
+        lines.append(f"{'answered / shadow':<20}" + "".join(f"{label:>10}" for label in LABELS))
+        lines.extend(f"{label:<20}" + "".join(f"{pair['confusion'][label][other]:>10}" for other in LABELS) for label in LABELS)
     return "\n".join(lines)
 
 

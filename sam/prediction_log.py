@@ -39,6 +39,7 @@ SCHEMA = pyarrow.schema([
     ("latency_ms", pyarrow.float64()),
     ("tokens", pyarrow.int64()),  # the model's tokens for the text, special ones included, and how many were unknown
     ("unknown_tokens", pyarrow.int64()),
+    ("served", pyarrow.bool_()),  # false: a challenger's shadow answer, which no client saw
 ])
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WARN_EVERY_S = 60.0
@@ -57,6 +58,13 @@ def weights_hash(directory: str | Path) -> str:
                     digest.update(block)
             break
     return digest.hexdigest()[:16]
+
+
+def _draw(request_id: str) -> float:
+    """A number in [0, 1): the request id's hash, or a random one for a request without an id."""
+    if not request_id:
+        return random.random()
+    return int.from_bytes(hashlib.sha256(f"log:{request_id}".encode()).digest()[:8], "big") / 2**64
 
 
 class LogSettings(BaseModel):
@@ -92,15 +100,16 @@ class PredictionLog:
         self.thread = threading.Thread(target=self._run, name="sam-prediction-log", daemon=True)
         self.thread.start()
 
-    def add(self, request_id: str, texts: list[str], predictions: list[dict], latency_s: float) -> None:
-        """One request's predictions, if the request is in the logged share; rows beyond the buffer are dropped."""
-        if self.settings.log_share < 1.0 and random.random() >= self.settings.log_share:
+    def add(self, request_id: str, texts: list[str], predictions: list[dict], latency_s: float, served: bool = True) -> None:
+        """One request's predictions, if the request is in the logged share; rows beyond the buffer are dropped.
+        The share is drawn from the request id where there is one, so a champion and its shadow keep the same requests."""
+        if self.settings.log_share < 1.0 and _draw(request_id) >= self.settings.log_share:
             return
         now = datetime.now(timezone.utc)
         rows = [{"time": now, "request_id": request_id, "model": self.model, "model_hash": self.model_hash,
                  "text": text, "text_sha256": None,
                  "sentiment": p["sentiment"], "confidence": p["confidence"], "scores": p["scores"],
-                 "latency_ms": round(latency_s * 1000, 3)} for text, p in zip(texts, predictions)]
+                 "latency_ms": round(latency_s * 1000, 3), "served": served} for text, p in zip(texts, predictions)]
         with self.lock:
             room = self.settings.log_buffer_rows - len(self.buffer)
             self.buffer.extend(rows[:max(room, 0)])

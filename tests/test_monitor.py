@@ -17,6 +17,7 @@ from sam.predict import Predictor
 from sam.prediction_log import SCHEMA, LogSettings, PredictionLog
 from tests.helpers import TINY_OPTIONS, tweet_rows
 
+PREDICTION = {"sentiment": "Neutral", "label": 1, "confidence": 0.5, "scores": {"Negative": 0.25, "Neutral": 0.5, "Positive": 0.25}}
 GIBBERISH = [f"zqx{i} vlorp{i} brrrt{i} quaxx{i} snerf{i}" for i in range(40)]
 
 
@@ -108,7 +109,30 @@ def test_a_log_of_one_label_drifts_on_the_label_mix(profiled_model, tmp_path, ca
     pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows, schema=SCHEMA), partition / "negative.parquet")
     code, summary, err = monitor(capsys, "--log", str(tmp_path / "log"), "--plot", str(tmp_path / "negative.png"))
     assert code == 1 and "label_mix" in summary["drifted"] and summary["psi"]["label_mix"] > 1
-    assert summary["per_model"] == {str(profiled_model): {"Negative": 50}} and "label_mix (PSI " in err
+    assert summary["per_model"] == {str(profiled_model): {"rows": 50, "shadow_rows": 0, "mean_confidence": 0.34,
+                                                          "label_mix": {"Negative": 1.0, "Neutral": 0.0, "Positive": 0.0}}}
+    assert "label_mix (PSI " in err and summary["shadow"] == []
+
+
+def test_a_shadowed_log_compares_its_champion_and_reports_the_two_models_agreement(profiled_model, tmp_path, capsys):
+    """A champion's answers and a challenger's shadow answers to the same requests: the drift report is the
+    champion's alone, and the shadow's agreement and confusion come from pairing rows by request and text."""
+    texts = [f"tweet number {i}" for i in range(30)]
+    answered = ["Neutral"] * 30
+    shadowed = ["Neutral"] * 20 + ["Positive"] * 6 + ["Negative"] * 4
+    for model, labels, served in ((str(profiled_model), answered, True), ("models:/rival/2", shadowed, False)):
+        log = PredictionLog(LogSettings(log_dir=str(tmp_path / "log"), log_flush_s=3600), model, "hash")
+        for i in range(0, 30, 3):  # ten requests of three texts
+            log.add(f"request-{i}", texts[i:i + 3], [{**PREDICTION, "sentiment": label} for label in labels[i:i + 3]], 0.01, served=served)
+        log.close()
+    code, summary, _ = monitor(capsys, "--log", str(tmp_path / "log"), "--plot", str(tmp_path / "shadow.png"))
+    assert summary["model"] == str(profiled_model) and summary["rows"] == 30
+    assert summary["per_model"]["models:/rival/2"]["shadow_rows"] == 30
+    assert summary["per_model"]["models:/rival/2"]["label_mix"] == {"Negative": round(4 / 30, 4), "Neutral": round(20 / 30, 4), "Positive": 0.2}
+    (pair,) = summary["shadow"]
+    assert (pair["champion"], pair["challenger"], pair["compared"]) == (str(profiled_model), "models:/rival/2", 30)
+    assert pair["agreement"] == pytest.approx(20 / 30)
+    assert pair["confusion"]["Neutral"] == {"Negative": 4, "Neutral": 20, "Positive": 6}
 
 
 @pytest.mark.slow

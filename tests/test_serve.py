@@ -1,5 +1,6 @@
 """The Serve app over real HTTP: both request forms, batching, validation, info routes, bad model directories."""
 
+import contextlib
 import json
 import re
 import time
@@ -15,6 +16,7 @@ from sam.encoding import MAX_TEXT_CHARS
 from sam.runtimes import ModelDirError
 from sam.api import MAX_BODY_BYTES, MAX_TEXTS
 from sam.serve import SentimentDeployment, ServeArgs, build_app
+from sam.traffic import routes_to_challenger
 from tests.helpers import NEGATIVE, NEUTRAL, POSITIVE, ROOT, free_port, require
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's
@@ -169,6 +171,72 @@ def test_bad_model_dir_fails_in_one_line(tmp_path):
     assert "\n" not in str(missing.value)
     with pytest.raises(ModelDirError, match="missing config.json"):
         build_app(ServeArgs(model_dir=str(tmp_path)))
+
+
+def test_a_bad_challenger_dir_fails_in_one_line(tiny_model_dir, tmp_path):
+    with pytest.raises(ModelDirError, match="^sam serve: challenger_dir: .*no such model directory$"):
+        build_app(ServeArgs(model_dir=str(tiny_model_dir), challenger_dir=str(tmp_path / "absent")))
+
+
+@pytest.fixture(scope="module")
+def challenger_dir(tiny_model_dir, tmp_path_factory):
+    """The same weights elsewhere: a second model whose answers name it."""
+    import shutil
+
+    return shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("challenger") / "model")
+
+
+@contextlib.contextmanager
+def deployed(name: str, **args):
+    from ray import serve
+
+    serve.run(build_app(ServeArgs(num_cpus=0.5, **args)), name=name, route_prefix=f"/{name}")
+    try:
+        yield
+    finally:
+        serve.delete(name)
+
+
+@pytest.mark.slow
+def test_split_sends_each_key_where_its_hash_does(url, tiny_model_dir, challenger_dir):
+    keys = [f"key-{i}" for i in range(2000)]
+    champion, challenger = str(tiny_model_dir), str(challenger_dir)
+    with deployed("split", model_dir=champion, challenger_dir=challenger, challenger_share=0.25):
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda key: predict(f"{url}/split", {"text": POSITIVE[0]}, headers={"X-Request-Id": key}), keys))
+        assert all(answer.status_code == 200 for answer in answers)
+        models = [answer.headers["X-SAM-Model"] for answer in answers]
+        assert models == [answer.json()["model"] for answer in answers]
+        assert models == [challenger if routes_to_challenger(key, 0.25) else champion for key in keys]
+        assert abs(models.count(challenger) / len(keys) - 0.25) < 0.05
+        assert [predict(f"{url}/split", {"text": NEGATIVE[0]}, headers={"X-Request-Id": key}).headers["X-SAM-Model"]
+                for key in keys[:50]] == models[:50]  # the same key, another text, the same model
+        info = requests.get(f"{url}/split/model", timeout=30).json()
+        assert (info["model"], info["challenger"]["model"], info["challenger"]["share"]) == (champion, challenger, 0.25)
+        assert info["traffic"]["models"][challenger]["requests"] >= models.count(challenger)
+
+
+@pytest.mark.slow
+def test_shadow_answers_as_the_champion_alone_and_logs_the_challengers_answer_to_every_request(url, tiny_model_dir, challenger_dir, tmp_path):
+    import pyarrow.dataset
+
+    texts = TEXTS * 4
+    with deployed("shadow", model_dir=str(tiny_model_dir), challenger_dir=str(challenger_dir), challenger_mode="shadow",
+                  log_dir=str(tmp_path / "log"), log_flush_s=0.5):
+        for i, text in enumerate(texts):
+            answer = predict(f"{url}/shadow", {"text": text}, headers={"X-Request-Id": f"shadow-{i}"})
+            assert answer.json() == predict(url, {"text": text}).json()  # the champion-only app's answer
+            assert answer.headers["X-SAM-Model"] == str(tiny_model_dir)
+        deadline, shadowed = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and len(shadowed) < len(texts):
+            time.sleep(0.5)
+            rows = pyarrow.dataset.dataset(str(tmp_path / "log"), format="parquet", partitioning="hive").to_table().to_pylist()
+            shadowed = {row["request_id"]: row for row in rows if not row["served"]}
+        assert set(shadowed) == {f"shadow-{i}" for i in range(len(texts))}
+        assert {row["model"] for row in shadowed.values()} == {str(challenger_dir)}
+        assert sum(row["served"] for row in rows) == len(texts)
+        shadow = requests.get(f"{url}/shadow/model", timeout=30).json()["traffic"]["shadow"]
+        assert shadow["compared"] == shadow["agreed"] == len(texts)  # the same weights agree on every text
 
 
 def test_builder_args(monkeypatch, tmp_path):
