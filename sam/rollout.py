@@ -74,26 +74,28 @@ class ServeCluster:
 
     def __init__(self, address: str):
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+        from ray.exceptions import AuthenticationError
 
+        self.refused = (RuntimeError, AuthenticationError)  # what the client raises for an answer it did not want
         self.address = address
         try:
             self.client = ServeSubmissionClient(address, headers=auth_headers())
         except (ConnectionError, requests.exceptions.ConnectionError):
             raise SamError(f"no Ray dashboard answers at {address} (--address, or RAY_DASHBOARD_ADDRESS)") from None
-        except RuntimeError as error:
+        except self.refused as error:
             raise SamError(_why(error)) from None
 
     def deploy(self, config: dict) -> None:
         try:
             self.client.deploy_applications(config)
-        except RuntimeError as error:
+        except self.refused as error:
             raise SamError(_why(error)) from None
 
     def application(self, app: str) -> dict:
         """The app's status, message and `deployed_app_config`, as `serve status` shows them ({} if none)."""
         try:
             return self.client.get_serve_details().get("applications", {}).get(app, {})
-        except RuntimeError as error:
+        except self.refused as error:
             raise SamError(_why(error)) from None
 
 

@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -241,3 +243,33 @@ class Blocked(MetaPathFinder):
 
 sys.meta_path.insert(0, Blocked())
 """
+
+
+def stop_ray_started_in(temp_dir: str, gcs_port: int) -> None:
+    """Stops the Ray that `ray start` left running with RAY_TMPDIR=`temp_dir`, and nothing else: `ray stop` would
+    stop every Ray on the machine, the test session's too. Its processes name the temp dir (or, Ray's client
+    server, the GCS port) on their command lines; their children (workers, the dashboard's modules) go with them."""
+    processes = {}  # pid: (parent pid, command line), from /proc
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            processes[int(entry.name)] = (int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), line)
+    doomed = {pid for pid, (_, line) in processes.items()
+              if pid != os.getpid() and (temp_dir in line or ("ray.util.client.server" in line and f":{gcs_port} " in line))}
+    while grown := {pid for pid, (parent, _) in processes.items() if parent in doomed} - doomed:
+        doomed |= grown
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_running(pid) for pid in doomed):
+            time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    """Neither gone nor a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
