@@ -64,6 +64,14 @@ class Started:
     url: str
     env: dict
 
+    def rollout_under_load(self, clients: int, *args: str) -> tuple[subprocess.CompletedProcess, "Load"]:
+        """`sam rollout ARGS` while `clients` post tweets, and what they got."""
+        load = Load(self.url, clients)
+        try:
+            return self.rollout(*args), load
+        finally:
+            load.stop()
+
     def rollout(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "sam.cli", "rollout", "--config", "serve_config.yaml", *args],
                               cwd=self.directory, env=self.env, capture_output=True, text=True, timeout=600)
@@ -143,11 +151,8 @@ def test_the_readmes_deploy_commands_answer_and_a_rollout_without_the_token_says
 @pytest.mark.slow
 def test_a_rollout_under_load_is_promoted_without_a_failed_request(started, tiny_model_dir, tmp_path):
     challenger = shutil.copytree(tiny_model_dir, tmp_path / "challenger")
-    load = Load(started.url, clients=32)
-    try:
-        done = started.rollout("--challenger", str(challenger), "--steps", "shadow,5,50,100", "--hold", "4s", "--min-agreement", "0.99")
-    finally:
-        load.stop()
+    done, load = started.rollout_under_load(32, "--challenger", str(challenger), "--steps", "shadow,5,50,100", "--hold", "4s",
+                                            "--min-agreement", "0.99")
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["result"] == "promoted" and summary["champion"] == str(challenger)
@@ -162,11 +167,7 @@ def test_a_rollout_under_load_is_promoted_without_a_failed_request(started, tiny
 def test_a_challenger_failing_a_check_is_rolled_back_and_the_command_names_the_check(started, tmp_path):
     champion = requests.get(f"{started.url}/model", timeout=30).json()["model"]
     challenger = shutil.copytree(champion, tmp_path / "slow-challenger")
-    load = Load(started.url, clients=8)
-    try:
-        done = started.rollout("--challenger", str(challenger), "--steps", "20,100", "--hold", "3s", "--max-p99-ms", "0.5")
-    finally:
-        load.stop()
+    done, load = started.rollout_under_load(8, "--challenger", str(challenger), "--steps", "20,100", "--hold", "3s", "--max-p99-ms", "0.5")
     assert done.returncode == 1 and "rolled back: step 1 (20%): max-p99-ms: p99 " in done.stderr, done.stdout + done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["result"] == "rolled_back"
     assert load.failed == [] and set(load.models) <= {champion, str(challenger)}
