@@ -4,6 +4,7 @@
     python bench/serve_bench.py --model DIR --device cuda [--num-gpus 0.5]   # both servers on the same GPU
     python bench/serve_bench.py --model DIR --device cuda --dry-run          # the plan, nothing started
     python bench/serve_bench.py --model DIR --log-dir /tmp/log               # Serve with the prediction log vs without
+    python bench/serve_bench.py --model DIR --shadow DIR2 --concurrency 1,8  # Serve with a shadow challenger vs without
 
 Both servers stay up for the whole run (the plain one in a subprocess, Serve in Ray). At each concurrency,
 closed-loop clients (each sends its next request when the last one is answered) load Serve and the plain
@@ -195,12 +196,19 @@ def raw_batch_sizes(args: argparse.Namespace) -> list[int]:
     return sorted({1, args.max_batch_size} | ({GPU_RAW_BATCH} if args.device == "cuda" else set()))
 
 
-def serve_args(args: argparse.Namespace, log_dir: str | None = None):
+def serve_args(args: argparse.Namespace, candidate: bool = True):
+    """The app under test; `candidate=False`: the same app without the log or the shadow it is compared with."""
     from sam.serve import ServeArgs
 
+    variant = {"log_dir": args.log_dir, "challenger_dir": args.shadow, "challenger_mode": "shadow"} if candidate else {}
     return ServeArgs(model_dir=args.model, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait,
                      max_ongoing_requests=args.max_ongoing, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                     runtime=runtime(args), log_dir=log_dir, log_flush_s=args.log_flush_s)
+                     runtime=runtime(args), log_flush_s=args.log_flush_s, **variant)
+
+
+def against_itself(args: argparse.Namespace) -> bool:
+    """The baseline is the same Serve app without the log or the shadow, not the plain server."""
+    return bool(args.log_dir or args.shadow)
 
 
 def plain_command(args: argparse.Namespace, port: int) -> list[str]:
@@ -223,8 +231,9 @@ def plain_running(args: argparse.Namespace):
 
 @contextlib.contextmanager
 def serve_running(args: argparse.Namespace):
-    """The batched deployment's port, for as long as the block runs (Ray must be up). With --log-dir, it keeps the
-    prediction log, and the same app without one answers under /nolog, the baseline."""
+    """The batched deployment's port, for as long as the block runs (Ray must be up). With --log-dir (--shadow), it
+    keeps the prediction log (scores every request with a shadow challenger too), and the same app without answers
+    under /baseline."""
     from ray import serve
 
     from sam.serve import build_app
@@ -232,9 +241,9 @@ def serve_running(args: argparse.Namespace):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app(serve_args(args, args.log_dir)), name="sam")
-        if args.log_dir:
-            serve.run(build_app(serve_args(args)), name="nolog", route_prefix="/nolog")
+        serve.run(build_app(serve_args(args)), name="sam")
+        if against_itself(args):
+            serve.run(build_app(serve_args(args, candidate=False)), name="baseline", route_prefix="/baseline")
         wait_ready(port)
         yield port
     finally:
@@ -272,7 +281,15 @@ def compare(concurrency: int, serve_target: tuple[int, str], plain_target: tuple
     result = interleaved(side("serve", serve_target), side("plain", plain_target), args.rounds,
                          on_round=lambda i, r: say(round_line(concurrency, i, rows["serve"][i], rows["plain"][i], r["ratio"]), flush=True))
     rounds = [{"ratio": r, "serve": s, "plain": p} for r, s, p in zip(result["ratios"], rows["serve"], rows["plain"])]
-    return {"concurrency": concurrency, **{k: v for k, v in result.items() if k != "rounds"}, "rounds": rounds}
+    p50_ratios = [round(s["p50_ms"] / p["p50_ms"], 3) for s, p in zip(rows["serve"], rows["plain"])]
+    return {"concurrency": concurrency, **{k: v for k, v in result.items() if k != "rounds"}, "rounds": rounds,
+            "p50_ratios": p50_ratios, "median_p50_ratio": statistics.median(p50_ratios)}
+
+
+def sides(args: argparse.Namespace) -> tuple[str, str]:
+    if args.shadow:
+        return "Serve with a shadow", "Serve without"
+    return ("Serve with the log", "Serve without") if args.log_dir else ("batched Serve", "plain FastAPI")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -296,6 +313,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--log-dir", default=None, help="the candidate keeps the prediction log here; the baseline is the "
                         "same Serve app without it (instead of the plain server)")
     parser.add_argument("--log-flush-s", type=float, default=10.0, help="the log's flush interval, with --log-dir")
+    parser.add_argument("--shadow", default=None, metavar="DIR", help="the candidate scores every request with this "
+                        "challenger in shadow too; the baseline is the same app without")
     parser.add_argument("--dry-run", action="store_true", help="print the plan as JSON and start nothing")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--plain-server", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
@@ -342,8 +361,8 @@ def main() -> None:
         texts = load_texts(args.data)
         say(f"{len(texts)} texts, {os.cpu_count()} CPUs, device {args.device}, model {args.model}, serve env {modes or 'default'}", flush=True)
         raw = raw_model(args, texts)  # before the servers start, so they take nothing from it
-        with contextlib.nullcontext() if args.log_dir else plain_running(args) as plain_port, serve_running(args) as serve_port:
-            baseline = (serve_port, "/nolog/predict") if args.log_dir else (plain_port, "/predict")
+        with contextlib.nullcontext() if against_itself(args) else plain_running(args) as plain_port, serve_running(args) as serve_port:
+            baseline = (serve_port, "/baseline/predict") if against_itself(args) else (plain_port, "/predict")
             say(TABLE_HEADER, flush=True)
             mark = cpu_times()
             levels = [compare(c, (serve_port, "/predict"), baseline, texts, args, say) for c in args.concurrency]
@@ -361,14 +380,16 @@ def main() -> None:
         for i, r in enumerate(level["rounds"]):
             say(round_line(level["concurrency"], i, r["serve"], r["plain"], r["ratio"]))
     for level in levels:
-        say(f"{level['concurrency']:>4} clients: {summary(level, *(('Serve with the log', 'Serve without') if args.log_dir else ('batched Serve', 'plain FastAPI')))}")
+        say(f"{level['concurrency']:>4} clients: {summary(level, *sides(args))}")
+        say(f"{level['concurrency']:>4} clients: p50 {sides(args)[0]} / {sides(args)[1]}: median {level['median_p50_ratio']}x "
+            f"(range {min(level['p50_ratios'])}-{max(level['p50_ratios'])})")
     for row in raw:
         say(f"raw model on {args.device}, batch {row['batch_size']:>3}: {row['texts_per_s']:>8} texts/s "
             f"({row['texts_per_s'] / by_size[1]:.2f}x batch 1, CPU steal {row['cpu_steal_percent']} %)")
     say(f"batching can gain at most {ceiling}x (raw batch {args.max_batch_size} / batch 1); batched Serve at "
         f"{headline['concurrency']} clients (median) reaches {share_of_raw:.0%} of raw batch {args.max_batch_size}; CPU steal {steal} %")
     print(json.dumps({
-        "env": modes, "log_dir": args.log_dir, "device": args.device, "num_gpus": args.num_gpus, "num_cpus": args.num_cpus, "runtime": runtime(args),
+        "env": modes, "log_dir": args.log_dir, "shadow": args.shadow, "device": args.device, "num_gpus": args.num_gpus, "num_cpus": args.num_cpus, "runtime": runtime(args),
         "rounds": args.rounds, "duration_s": args.duration, "concurrency": headline["concurrency"],
         "ratios": headline["ratios"], "median_ratio": headline["median_ratio"],
         "min_ratio": headline["min_ratio"], "max_ratio": headline["max_ratio"],
