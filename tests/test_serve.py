@@ -6,6 +6,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -296,7 +297,7 @@ def test_a_registered_model_serves_from_its_alias(url, tiny_model_dir, tracking)
     serve.run(build_app(ServeArgs(model_dir="models:/served@production")), name="registered", route_prefix="/registered")
     try:
         answer = requests.post(f"{url}/registered/predict", json={"text": POSITIVE[0]}, timeout=60)
-        assert answer.status_code == 200 and answer.json() == predict(url, {"text": POSITIVE[0]}).json()
+        assert answer.status_code == 200 and answer.json() == {**predict(url, {"text": POSITIVE[0]}).json(), "model": f"models:/served/{version}"}
     finally:
         serve.delete("registered")
 
@@ -398,4 +399,5 @@ def test_reconfigure_retunes_the_running_batcher_and_refuses_a_bad_knob(url, tin
     finally:
         deploy(max_batch_size=8, batch_wait_timeout_s=0.2)
     with pytest.raises(ValidationError, match="max_batch_size"):
-        SentimentDeployment.func_or_class.reconfigure(object(), {"max_batch_size": 0})
+        ingress = SentimentDeployment.func_or_class
+        ingress.reconfigure(SimpleNamespace(SETTINGS=ingress.SETTINGS), {"max_batch_size": 0})
