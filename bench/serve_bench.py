@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import statistics
@@ -356,7 +357,8 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    deployments = 1 + against_itself(args) + bool(args.shadow)  # each asks for --num-cpus of Ray's logical CPUs
+    ray.init(num_cpus=max(os.cpu_count(), math.ceil(deployments * args.num_cpus)), include_dashboard=False, log_to_driver=False)
     try:
         texts = load_texts(args.data)
         say(f"{len(texts)} texts, {os.cpu_count()} CPUs, device {args.device}, model {args.model}, serve env {modes or 'default'}", flush=True)

@@ -167,7 +167,7 @@ def test_a_rollout_under_load_is_promoted_without_a_failed_request(started, tiny
 def test_a_challenger_failing_a_check_is_rolled_back_and_the_command_names_the_check(started, tmp_path):
     champion = requests.get(f"{started.url}/model", timeout=30).json()["model"]
     challenger = shutil.copytree(champion, tmp_path / "slow-challenger")
-    done, load = started.rollout_under_load(8, "--challenger", str(challenger), "--steps", "20,100", "--hold", "3s", "--max-p99-ms", "0.5")
+    done, load = started.rollout_under_load(32, "--challenger", str(challenger), "--steps", "20,100", "--hold", "3s", "--max-p99-ms", "0.5")
     assert done.returncode == 1 and "rolled back: step 1 (20%): max-p99-ms: p99 " in done.stderr, done.stdout + done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["result"] == "rolled_back"
     assert load.failed == [] and set(load.models) <= {champion, str(challenger)}
