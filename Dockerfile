@@ -19,13 +19,14 @@ RUN useradd --create-home --uid 1000 sam && python3 -m venv "$VIRTUAL_ENV"
 WORKDIR /app
 # Dependencies before the source, so a code change rebuilds only the layers below. Pinned torch first, from its
 # own index: a bare requirement would pull a multi-GB CUDA build. SERVE_ONLY: the serving requirements alone.
-COPY pyproject.toml README.md deploy/container/serve-requirements.txt ./
+# An empty README stands in for the real one (pyproject names it), so editing the README keeps this layer cached.
+COPY pyproject.toml deploy/container/serve-requirements.txt ./
 # hadolint ignore=SC2086,DL3013
 RUN if [ -n "$SERVE_ONLY" ]; then pip install -r serve-requirements.txt; \
-    else pip install $TORCH_FROM "torch==${TORCH_VERSION}" && mkdir sam && touch sam/__init__.py && pip install . \
-         && pip uninstall -y sam && rm -rf sam build ./*.egg-info; fi
+    else pip install $TORCH_FROM "torch==${TORCH_VERSION}" && mkdir sam && touch sam/__init__.py README.md && pip install . \
+         && pip uninstall -y sam && rm -rf sam build ./*.egg-info README.md; fi
 COPY sam ./sam
-COPY serve_app.py serve_config.yaml ./
+COPY serve_app.py serve_config.yaml README.md ./
 COPY tune ./tune
 COPY deploy/container/start.sh /usr/local/bin/sam-serve
 # A serving image has nothing more to install: pip and setuptools go too.

@@ -200,7 +200,7 @@ class Rollout:
             self.say(f"step {number}/{len(steps)} {_label(step)}: {describe(figures)}: {'FAILED ' + failed if failed else 'ok'}")
             if failed:
                 return self._roll_back(champion, timeline, f"step {number} ({_label(step)}): {failed}")
-        promoted = self._promote()
+        promoted = promoted_args(self.base, self.challenger, self.say)
         info = self._deploy(promoted, lambda i: not i.get("challenger") and i["model"] != champion)
         self.say(f"promoted: {info['model']} serves all traffic")
         if promoted.get("model_dir") != self.base.get("model_dir"):
@@ -213,20 +213,20 @@ class Rollout:
         self.say(f"rolled back: {champion} serves all traffic ({why})")
         return {"result": "rolled_back", "champion": champion, "why": why, "steps": timeline}
 
-    def _promote(self) -> dict:
-        """The args that make the challenger the champion: its location as `model_dir`, or, where the champion is
-        `models:/NAME@ALIAS` and the challenger a version of NAME, the alias moved to that version."""
-        from sam.tracking import MODEL_URI
+def promoted_args(base: dict, challenger: str, say: Callable[[str], None] = print) -> dict:
+    """The app's args once the challenger is champion: its location as `model_dir`; or, where the champion is
+    `models:/NAME@ALIAS` and the challenger a version of NAME, the args as they were, the alias moved to it."""
+    from sam.tracking import MODEL_URI
 
-        champion, challenger = MODEL_URI.match(str(self.base.get("model_dir", ""))), MODEL_URI.match(self.challenger)
-        if champion and champion["alias"] and challenger and challenger["name"] == champion["name"]:
-            from sam.tracking import client, registered_version
+    champion, candidate = MODEL_URI.match(str(base.get("model_dir", ""))), MODEL_URI.match(challenger)
+    if champion and champion["alias"] and candidate and candidate["name"] == champion["name"]:
+        from sam.tracking import client, registered_version
 
-            name, version, _ = registered_version(self.challenger)
-            client().set_registered_model_alias(name, champion["alias"], version)
-            self.say(f"models:/{name}@{champion['alias']} now names version {version}")
-            return dict(self.base)
-        return {**self.base, "model_dir": self.challenger}
+        name, version, _ = registered_version(challenger)
+        client().set_registered_model_alias(name, champion["alias"], version)
+        say(f"models:/{name}@{champion['alias']} now names version {version}")
+        return dict(base)
+    return {**base, "model_dir": challenger}
 
 
 def name_champion(path: Path, app: dict, old: str, new: str) -> None:

@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from sam import SamError
-from sam.rollout import Checks, judge, name_champion, parse_steps
+from sam.rollout import Checks, judge, name_champion, parse_steps, promoted_args
 from tests.helpers import POSITIVE, ROOT, free_port, own_ray_env, stop_ray_started_in
 
 # The README's deploy line, as a user copies it
@@ -56,6 +56,17 @@ def test_the_config_names_the_promoted_champion_and_keeps_its_comments(tmp_path)
     name_champion(shipped, {"name": "sam"}, "models/old", "/models/new")
     assert "    model_dir: /models/new   # the champion\n" in shipped.read_text()
     assert yaml.safe_load(shipped.read_text())["applications"][0]["args"] == {"model_dir": "/models/new", "quantize": False}
+
+
+def test_promotion_moves_a_registered_champions_alias_and_names_any_other_challenger(tiny_model_dir, tracking):
+    run_id = tracking.start("rollout", {}, {})
+    tracking.log_model(run_id, str(tiny_model_dir))
+    first, second = (tracking.register(run_id, "sentiment").rsplit("/", 1)[1] for _ in range(2))
+    tracking.client.set_registered_model_alias("sentiment", "champion", first)
+    base = {"model_dir": "models:/sentiment@champion", "quantize": False}
+    assert promoted_args(base, f"models:/sentiment/{second}", say=lambda line: None) == base
+    assert str(tracking.client.get_model_version_by_alias("sentiment", "champion").version) == second
+    assert promoted_args(base, "/models/other") == {**base, "model_dir": "/models/other"}
 
 
 @dataclass
