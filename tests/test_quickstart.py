@@ -31,8 +31,8 @@ def test_train_evaluate_serve_predict_with_no_path_given(ray_session, tweets_dir
         serve.run(build_app(ServeArgs()), name="quickstart")
         response = requests.post(f"http://127.0.0.1:{port}/predict", json={"text": "I love the new features in this app!"}, timeout=60)
         assert response.status_code == 200
-        assert set(response.json()) == {"sentiment", "label", "confidence", "scores"}
+        assert set(response.json()) == {"sentiment", "label", "confidence", "scores", "model"}
         model = requests.get(f"http://127.0.0.1:{port}/model", timeout=60).json()
-        assert model["model_dir"] == str(tmp_path / DEFAULT_MODEL_DIR)
+        assert model["model_dir"] == response.json()["model"] == str(tmp_path / DEFAULT_MODEL_DIR)
     finally:
         serve.shutdown()
