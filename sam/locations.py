@@ -79,29 +79,21 @@ def _fill_once(cached: Path, fill: Callable[[Path], Path]) -> Path:
 def model_location(path: str | Path) -> str:
     """A model directory as every Ray process of a job finds it: a URI as given, a local path made absolute, a
     registered model pinned to the version it names now (an alias moved mid-job changes nothing)."""
-    if is_model_uri(path):
-        return pinned(str(path))
-    return resolve(path)
+    return deployed_model(path)[0]
 
 
 def deployed_model(path: str | Path) -> tuple[str, str]:
     """`model_location`'s answer and the model's name as answers and logs show it: `models:/NAME/VERSION` for a
-    registered model (whichever alias named it), else its location, credentials left out."""
+    registered model (whichever alias named it), else its location, credentials left out. A registered model is
+    pinned to the version's files when storage reads them (a local path, s3://...), else to
+    `models:/NAME/VERSION`, which each node downloads through MLflow."""
     if not is_model_uri(path):
         return resolve(path), redact(resolve(path))
-    from sam.tracking import registered_version
-
-    name, version, _ = registered_version(str(path))
-    return pinned(f"models:/{name}/{version}"), f"models:/{name}/{version}"
-
-
-def pinned(uri: str) -> str:
-    """A registered model as every process of a job finds the same files: the version's files when storage reads
-    them (a local path, s3://...), else `models:/NAME/VERSION`, which each node downloads through MLflow."""
     from sam.tracking import registered_version  # MLflow and Ray Train: only for a registered model
 
-    name, version, source = registered_version(uri)
-    return source if readable_here(source) else f"models:/{name}/{version}"
+    name, version, source = registered_version(str(path))
+    version_uri = f"models:/{name}/{version}"
+    return (source if readable_here(source) else version_uri), version_uri
 
 
 def _registered_model_dir(uri: str) -> Path:

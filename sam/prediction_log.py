@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sam import LABELS
 from sam.storage import filesystem, join, redact
+from sam.traffic import key_point
 
 log = logging.getLogger("sam")
 
@@ -62,9 +63,7 @@ def weights_hash(directory: str | Path) -> str:
 
 def _draw(request_id: str) -> float:
     """A number in [0, 1): the request id's hash, or a random one for a request without an id."""
-    if not request_id:
-        return random.random()
-    return int.from_bytes(hashlib.sha256(f"log:{request_id}".encode()).digest()[:8], "big") / 2**64
+    return key_point(f"log:{request_id}") if request_id else random.random()
 
 
 class LogSettings(BaseModel):

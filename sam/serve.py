@@ -6,6 +6,7 @@ queue per replica, so concurrent clients share forward passes.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -125,7 +126,7 @@ class ModelReplica:
     def reconfigure(self, user_config: dict) -> None:
         """Batch knobs live in user_config so `serve deploy` can retune them without restarting replicas."""
         self.settings = self.SETTINGS.model_validate(user_config)
-        self.batching = BatchSettings.model_validate(self.settings.model_dump(include=set(BatchSettings.model_fields))).model_dump()
+        self.batching = self.settings.model_dump(include=set(BatchSettings.model_fields))
         self.predict_one.set_max_batch_size(self.batching["max_batch_size"])
         self.predict_one.set_batch_wait_timeout_s(self.batching["batch_wait_timeout_s"])
 
@@ -187,23 +188,27 @@ class SentimentDeployment(ModelReplica):
         self.traffic = Traffic()
         self.shadows: set[asyncio.Task] = set()  # held so they finish; bounded so a slow challenger cannot pile up
 
+    async def _timed(self, model: str, answering) -> list[dict]:
+        """`answering`'s predictions, its latency and any error counted against `model`."""
+        started = time.perf_counter()
+        try:
+            predictions = await answering
+        except Exception:
+            self.traffic.record(model, time.perf_counter() - started, error=True)
+            raise
+        self.traffic.record(model, time.perf_counter() - started)
+        return predictions
+
+    def _ask_challenger(self, texts: list[str], key: str, served: bool = True):
+        return self._timed(self.challenger_name, asyncio.wait_for(self.challenger.predict_texts.remote(texts, key, served=served),
+                                                                  CHALLENGER_TIMEOUT_S))
+
     async def _answer(self, texts: list[str], key: str) -> list[dict]:
         routing = self.settings
         if self.challenger and routing.challenger_mode == "split" and routes_to_challenger(key, routing.challenger_share):
-            started = time.perf_counter()
-            try:
-                predictions = await asyncio.wait_for(self.challenger.predict_texts.remote(texts, key), CHALLENGER_TIMEOUT_S)
-                self.traffic.record(predictions[0]["model"], time.perf_counter() - started)
-                return predictions
-            except Exception:  # counted against the challenger, and the champion answers: the client sees no error
-                self.traffic.record(self.challenger_name, time.perf_counter() - started, error=True)
-        started = time.perf_counter()
-        try:
-            predictions = await self.predict_texts(texts, key)
-        except Exception:
-            self.traffic.record(self.name, time.perf_counter() - started, error=True)
-            raise
-        self.traffic.record(self.name, time.perf_counter() - started)
+            with contextlib.suppress(Exception):  # counted against the challenger, and the champion answers instead
+                return await self._ask_challenger(texts, key)
+        predictions = await self._timed(self.name, self.predict_texts(texts, key))
         if self.challenger and routing.challenger_mode == "shadow":
             self._shadow(texts, key, [p["sentiment"] for p in predictions])
         return predictions
@@ -217,14 +222,11 @@ class SentimentDeployment(ModelReplica):
         task.add_done_callback(self.shadows.discard)
 
     async def _score_in_shadow(self, texts: list[str], key: str, champion: list[str]) -> None:
-        started = time.perf_counter()
         try:
-            predictions = await asyncio.wait_for(self.challenger.predict_texts.remote(texts, key, served=False), CHALLENGER_TIMEOUT_S)
+            predictions = await self._ask_challenger(texts, key, served=False)
         except Exception:
-            self.traffic.record(self.challenger_name, time.perf_counter() - started, error=True)
             self.traffic.shadow["failed"] += 1
             return
-        self.traffic.record(predictions[0]["model"], time.perf_counter() - started)
         self.traffic.compared(champion, [p["sentiment"] for p in predictions])
 
     @api.post(

@@ -5,24 +5,27 @@ Prometheus does with counters. Imports no Ray."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import secrets
 from typing import Optional
-
-import numpy as np
 
 # Upper bounds of the latency bins: 1 ms to about 33 s in steps of 2^(1/4) (19 %), so a p99 read from them is
 # at most a fifth above the true one.
 LATENCY_BOUNDS_MS = tuple(round(2 ** (i / 4), 2) for i in range(61))
 
 
+def key_point(key: str) -> float:
+    """A request key as a number in [0, 1), the same on any replica or process (SHA-256, not Python's salted
+    `hash`): a share of keys is the keys below it."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
 def routes_to_challenger(key: str, share: float) -> bool:
-    """The same request key goes to the same model while the share is unchanged, on any replica or process
-    (SHA-256, not Python's salted `hash`); raising the share only moves keys from the champion to the challenger."""
-    if share <= 0:
-        return False
-    point = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-    return point < share
+    """The same request key goes to the same model while the share is unchanged; raising the share only moves
+    keys from the champion to the challenger."""
+    return share > 0 and key_point(key) < share
 
 
 class Traffic:
@@ -40,7 +43,7 @@ class Traffic:
         counts = self._model(model)
         counts["requests"] += 1
         counts["errors"] += error
-        counts["latency_ms"][int(np.searchsorted(LATENCY_BOUNDS_MS, latency_s * 1000))] += 1
+        counts["latency_ms"][bisect.bisect_left(LATENCY_BOUNDS_MS, latency_s * 1000)] += 1  # on every request: no numpy
 
     def compared(self, champion: list[str], challenger: list[str]) -> None:
         """A shadow request's two answers, text by text."""
@@ -69,7 +72,7 @@ def percentile_ms(bins: list[int], q: float) -> Optional[float]:
     total = sum(bins)
     if not total:
         return None
-    index = int(np.searchsorted(np.cumsum(bins), q / 100 * total))
+    index = bisect.bisect_left(list(itertools.accumulate(bins)), q / 100 * total)
     return LATENCY_BOUNDS_MS[index] if index < len(LATENCY_BOUNDS_MS) else float("inf")
 
 
