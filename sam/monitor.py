@@ -60,10 +60,13 @@ def _served(batch: pd.DataFrame) -> pd.Series:
     return batch["served"].fillna(True).astype(bool)
 
 
+def _since(batch: pd.DataFrame, cutoff: Optional[datetime]) -> pd.DataFrame:
+    return batch if cutoff is None else batch[pd.to_datetime(batch["time"], utc=True) >= cutoff]
+
+
 def _block_summary(batch: pd.DataFrame, cutoff: Optional[datetime], min_confidence: float) -> pd.DataFrame:
     """One block of the log to one row: each model's counts, as JSON."""
-    if cutoff is not None:
-        batch = batch[pd.to_datetime(batch["time"], utc=True) >= cutoff]
+    batch = _since(batch, cutoff)
     summary = {model: _summary(part, min_confidence) for model, part in batch.groupby("model")} if len(batch) else {}
     return pd.DataFrame({"summary": [json.dumps(summary)]})
 
@@ -105,8 +108,7 @@ def summarize_log(log_dir: str, since: Optional[str] = None, min_confidence: flo
 
 def _answer_pairs(batch: pd.DataFrame, cutoff: Optional[datetime]) -> pd.DataFrame:
     """The columns that pair a shadow answer with the served one: a request's id and text."""
-    if cutoff is not None:
-        batch = batch[pd.to_datetime(batch["time"], utc=True) >= cutoff]
+    batch = _since(batch, cutoff)
     batch = batch[batch["request_id"].fillna("") != ""]
     return pd.DataFrame({"key": batch["request_id"] + "/" + batch["text_sha256"].fillna(""), "model": batch["model"],
                          "sentiment": batch["sentiment"], "served": _served(batch)})
@@ -114,7 +116,7 @@ def _answer_pairs(batch: pd.DataFrame, cutoff: Optional[datetime]) -> pd.DataFra
 
 def _pair(group: pd.DataFrame) -> pd.DataFrame:
     served, shadow = group[group["served"]], group[~group["served"]]
-    pairs = [(a.model, b.model, a.sentiment, b.sentiment) for a in served.itertuples() for b in shadow.itertuples()][:len(served)]
+    pairs = [(a.model, b.model, a.sentiment, b.sentiment) for a, b in zip(served.itertuples(), shadow.itertuples())]
     return pd.DataFrame(pairs, columns=["champion", "challenger", "answered", "shadow"])
 
 
@@ -143,6 +145,11 @@ def _share(counts) -> np.ndarray:
     return counts / max(counts.sum(), 1)
 
 
+def _mix(labels: Counter) -> dict[str, float]:
+    """Each label's share of the answers, to 4 places."""
+    return dict(zip(LABELS, _share([labels.get(label, 0) for label in LABELS]).round(4).tolist()))
+
+
 def compare(profile: dict, seen: dict, max_psi: float) -> dict:
     """Each signal's reference and production figures and its PSI, and which signals drifted past `max_psi`."""
     reference_mix = [profile["label_mix"][label] for label in LABELS]
@@ -153,7 +160,7 @@ def compare(profile: dict, seen: dict, max_psi: float) -> dict:
     middles = (np.asarray(CONFIDENCE_EDGES[:-1]) + np.asarray(CONFIDENCE_EDGES[1:])) / 2
     signals = {
         "label_mix": {"reference": dict(zip(LABELS, np.round(reference_mix, 4).tolist())),
-                      "production": dict(zip(LABELS, _share(seen_mix).round(4).tolist())),
+                      "production": _mix(seen["labels"]),
                       "psi": psi(reference_mix, seen_mix)},
         "confidence": {"reference": float(_share(profile["confidence"]["counts"]) @ middles),
                        "production": float(_share(seen["confidence"]) @ middles),
@@ -224,7 +231,7 @@ def monitor(log_dir: str, since: Optional[str], model: Optional[str], max_psi: f
     model, profile, seen = monitor_profile(model, by_model)
     report = compare(profile, seen, max_psi)
     plot_drift(profile, seen, report["signals"], plot)
-    per_model = {redact(name): {"rows": m["rows"], "shadow_rows": m["shadow_rows"], "label_mix": dict(_share_of(m["labels"])),
+    per_model = {redact(name): {"rows": m["rows"], "shadow_rows": m["shadow_rows"], "label_mix": _mix(m["labels"]),
                                 "mean_confidence": round(m["confidence_sum"] / max(m["rows"], 1), 4)} for name, m in by_model.items()}
     shadowed = any(m["shadow_rows"] for m in by_model.values())
     return {"log": redact(log_dir), "model": redact(model), "rows": seen["rows"], "since": since,
@@ -234,9 +241,6 @@ def monitor(log_dir: str, since: Optional[str], model: Optional[str], max_psi: f
             "plot": str(plot), "signals": report["signals"]}
 
 
-def _share_of(labels: Counter) -> dict[str, float]:
-    total = max(sum(labels.values()), 1)
-    return {label: round(labels.get(label, 0) / total, 4) for label in LABELS}
 
 
 def report_table(summary: dict) -> str:
