@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from sam import SamError
 from sam.config import CARVED, DEFAULT_MODEL_DIR, HOLDOUT, VALIDATION, Config, add_config_arguments, given_knobs
 from sam.locations import local_model_dir
-from sam.rollout import DEFAULT_STEPS
+from sam.rollout import DEFAULT_STEPS, Checks
 from sam.runtimes import RUNTIMES
 from sam.storage import exists, join, redact, resolve
 
@@ -447,10 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--challenger", required=True, metavar="MODEL", help="model directory: path, URI or models:/")
     rollout.add_argument("--steps", default=DEFAULT_STEPS, help=f"percentages, 'shadow' allowed first (default: {DEFAULT_STEPS})")
     rollout.add_argument("--hold", default="60s", help="how long each step is watched: 30s, 5m (default: 60s)")
-    rollout.add_argument("--max-error-rate", type=float, default=0.01, help="the challenger's errors per answer (default: 0.01)")
-    rollout.add_argument("--max-p99-ms", type=float, default=None, help="the challenger's p99 latency, as the ingress sees it")
-    rollout.add_argument("--min-agreement", type=float, default=None, help="agreement with the champion on shadow requests")
-    rollout.add_argument("--min-requests", type=int, default=10, help="answers a hold must see to judge (default: 10)")
+    checks = Checks()
+    rollout.add_argument("--max-error-rate", type=float, default=checks.max_error_rate,
+                         help=f"the challenger's errors per answer (default: {checks.max_error_rate})")
+    rollout.add_argument("--max-p99-ms", type=float, default=checks.max_p99_ms, help="the challenger's p99 latency, as the ingress sees it")
+    rollout.add_argument("--min-agreement", type=float, default=checks.min_agreement, help="agreement with the champion on shadow requests")
+    rollout.add_argument("--min-requests", type=int, default=checks.min_requests,
+                         help=f"answers a hold must see to judge (default: {checks.min_requests})")
     rollout.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"),
                          help="the Ray dashboard, as for serve deploy (default: RAY_DASHBOARD_ADDRESS or http://127.0.0.1:8265)")
     rollout.add_argument("--url", default=None, help="the app's HTTP address (default: from the config)")

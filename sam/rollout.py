@@ -4,7 +4,8 @@ config with the challenger's share raised (or in shadow), held while the ingress
 challenger becomes `model_dir` (promotion; a `models:/NAME@ALIAS` champion has its alias moved instead).
 
 Talks to the cluster as `serve deploy` does, through the dashboard's REST API, with the cluster's token read
-as Ray's own clients read it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
+as Ray's own clients read it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token). Its HTTP and YAML
+libraries are imported where used: the CLI imports this module for its defaults on every command."""
 
 from __future__ import annotations
 
@@ -16,11 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import requests
-import yaml
-
 from sam import SamError
-from sam.storage import is_uri, resolve
+from sam.storage import is_model_uri, is_uri, resolve
 from sam.traffic import window
 
 CHALLENGER_KEYS = ("challenger_dir", "challenger_share", "challenger_mode")
@@ -73,6 +71,7 @@ class ServeCluster:
     """The Serve applications of a cluster, through its dashboard (`serve deploy`'s way in)."""
 
     def __init__(self, address: str):
+        import requests
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
         from ray.exceptions import AuthenticationError
 
@@ -113,18 +112,23 @@ def app_url(config: dict, app: dict) -> str:
     return f"http://{host}:{http.get('port', 8000)}{app.get('route_prefix', '/').rstrip('/')}"
 
 
-def read_traffic(url: str, reads: int = TRAFFIC_READS) -> tuple[dict, dict[str, dict]]:
-    """The app's `/model` (the last reading) and every replica's traffic counters seen in `reads` readings."""
-    snapshots, info = {}, {}
-    for _ in range(reads):
-        info = requests.get(f"{url}/model", timeout=30).json()
-        snapshots[info["traffic"]["replica"]] = info["traffic"]
-    return info, snapshots
+def model_readings(url: str, reads: int = TRAFFIC_READS) -> list[dict]:
+    """The app's `/model`, read `reads` times: each reading comes from one ingress replica."""
+    import requests
+
+    return [requests.get(f"{url}/model", timeout=30).json() for _ in range(reads)]
+
+
+def by_replica(readings: list[dict]) -> dict[str, dict]:
+    """The latest traffic counters of each replica the readings reached."""
+    return {info["traffic"]["replica"]: info["traffic"] for info in readings}
 
 
 class Rollout:
     def __init__(self, config_path: str, challenger: str, address: str, url: Optional[str] = None,
                  app_name: Optional[str] = None, deploy_timeout_s: float = 300, say: Callable[[str], None] = print):
+        import yaml
+
         self.config_path = Path(config_path)
         self.config = yaml.safe_load(self.config_path.read_text())
         apps = self.config.get("applications", [])
@@ -132,8 +136,9 @@ class Rollout:
         if len(named) != 1:
             raise SamError(f"{config_path}: {'no application named ' + app_name if app_name else 'name the SAM application with --app'}")
         self.app = named[0]
+        self.app_name = self.app.get("name", "default")  # Serve's name for an app the config leaves unnamed
         self.base = {k: v for k, v in self.app.get("args", {}).items() if k not in CHALLENGER_KEYS}
-        self.challenger = challenger if is_uri(challenger) or challenger.startswith("models:/") else resolve(challenger)
+        self.challenger = challenger if is_uri(challenger) or is_model_uri(challenger) else resolve(challenger)
         self.cluster, self.url = ServeCluster(address), url or app_url(self.config, self.app)
         self.deploy_timeout_s, self.say = deploy_timeout_s, say
 
@@ -141,8 +146,10 @@ class Rollout:
         """Deploys the config with this app's `args` (and the ingress's `routing`, as user_config: a change of
         args alone restarts every replica, one of user_config none); returns `/model` once every replica read
         shows `applied`."""
+        import requests
+
         config = copy.deepcopy(self.config)
-        app = next(a for a in config["applications"] if a.get("name") == self.app.get("name"))
+        app = config["applications"][self.config["applications"].index(self.app)]
         app["args"] = args
         if routing:
             from sam.serve import ReplicaSettings, ServeArgs
@@ -154,13 +161,13 @@ class Rollout:
         self.cluster.deploy(config)
         deadline = time.monotonic() + self.deploy_timeout_s
         while time.monotonic() < deadline:
-            found = self.cluster.application(self.app.get("name", "default"))
+            found = self.cluster.application(self.app_name)
             status, message = found.get("status"), found.get("message", "")
             if status == "DEPLOY_FAILED":
                 raise SamError(f"the deploy failed: {message.strip().splitlines()[-1] if message.strip() else status}")
             if status == "RUNNING":
                 try:
-                    readings = [requests.get(f"{self.url}/model", timeout=30).json() for _ in range(TRAFFIC_READS)]
+                    readings = model_readings(self.url)
                     if all(applied(info) for info in readings):
                         return readings[-1]
                 except (requests.RequestException, ValueError, KeyError):
@@ -169,12 +176,11 @@ class Rollout:
         raise SamError(f"the deploy did not take effect within {self.deploy_timeout_s:.0f} s (serve status shows why)")
 
     def run(self, steps: list[Step], hold_s: float, checks: Checks) -> dict:
-        deployed = self.cluster.application(self.app.get("name", "default")).get("deployed_app_config") or {}
+        deployed = self.cluster.application(self.app_name).get("deployed_app_config") or {}
         if (deployed.get("args") or {}).get("model_dir") != self.base.get("model_dir"):
             raise SamError(f"{self.config_path}: model_dir is {self.base.get('model_dir')}, but the app serves "
                            f"{(deployed.get('args') or {}).get('model_dir')}: deploy the config first, or correct it")
-        info, _ = read_traffic(self.url, 1)
-        champion = info["model"]
+        champion = model_readings(self.url, 1)[0]["model"]
         timeline: list[dict] = []
         for number, step in enumerate(steps, 1):
             mode, share = ("shadow", 0.0) if step == "shadow" else ("split", step / 100)
@@ -186,9 +192,9 @@ class Rollout:
             except SamError as error:
                 return self._roll_back(champion, timeline, f"step {number} ({_label(step)}): {error}")
             challenger = info["challenger"]["model"]
-            started, (_, before) = time.monotonic(), read_traffic(self.url)
+            started, before = time.monotonic(), by_replica(model_readings(self.url))
             time.sleep(hold_s)
-            _, after = read_traffic(self.url)
+            after = by_replica(model_readings(self.url))
             held = time.monotonic() - started
             figures = {"step": _label(step), "held_s": round(held, 1), "challenger": window(before, after, challenger),
                        "champion": window(before, after, champion)}
@@ -213,6 +219,7 @@ class Rollout:
         self.say(f"rolled back: {champion} serves all traffic ({why})")
         return {"result": "rolled_back", "champion": champion, "why": why, "steps": timeline}
 
+
 def promoted_args(base: dict, challenger: str, say: Callable[[str], None] = print) -> dict:
     """The app's args once the challenger is champion: its location as `model_dir`; or, where the champion is
     `models:/NAME@ALIAS` and the challenger a version of NAME, the args as they were, the alias moved to it."""
@@ -232,6 +239,8 @@ def promoted_args(base: dict, challenger: str, say: Callable[[str], None] = prin
 def name_champion(path: Path, app: dict, old: str, new: str) -> None:
     """The config file names the new champion, so the next `serve deploy` of it keeps it: its one
     `model_dir: OLD` line edited in place (comments kept), else the file rewritten from `app`'s config."""
+    import yaml
+
     lines = path.read_text().splitlines(keepends=True)
     found = [i for i, line in enumerate(lines) if re.match(rf"^\s*model_dir:\s*['\"]?{re.escape(old)}['\"]?(\s|$)", line)]
     if len(found) == 1:
