@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import ray.data
 
-from sam.data import light_tasks, split_key, text_sample
+from sam.data import fold_of, light_tasks, split_bins, split_key, text_sample
 
 MASK = "[MASK]"  # the BERT-family mask token: the teacher's and the corpus tokenizer's vocabularies both have it
 P_MASK, P_REPLACE, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al. 2019's rates
@@ -34,15 +34,19 @@ def augment_text(text: str, rng: np.random.Generator, words: list[str]) -> str:
     return " ".join(tokens)
 
 
-def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int, words: list[str]) -> pd.DataFrame:
-    """Each row, then `copies` augmented copies of it with its label; seeded by the row's text, so the same
-    transfer set comes out whatever the blocks."""
+def _with_augmented_copies(batch: pd.DataFrame, copies: int, seed: int, words: list[str], folds: int = 0) -> pd.DataFrame:
+    """Each row, then `copies` augmented copies of it with its label (and with `folds`, its cross-fitting fold:
+    a copy is scored by the teacher that never saw its original); seeded by the row's text, so the same transfer
+    set comes out whatever the blocks."""
     texts, labels = [], []
     for text, label in zip(batch["text"], batch["label"]):
         rng = np.random.default_rng([seed, int(split_key([text], seed)[0] * 2**32)])
         texts += [text] + [augment_text(text, rng, words) for _ in range(copies)]
         labels += [label] * (copies + 1)
-    return pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64)})
+    rows = pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64)})
+    if folds:
+        rows["fold"] = np.repeat(fold_of(split_bins(batch["text"], seed), folds), copies + 1)
+    return rows
 
 
 def replacement_words(train: ray.data.Dataset) -> list[str]:
@@ -51,7 +55,8 @@ def replacement_words(train: ray.data.Dataset) -> list[str]:
     return sorted(word for word, _ in counts.most_common(REPLACEMENT_WORDS))
 
 
-def transfer_rows(train: ray.data.Dataset, copies: int, seed: int) -> ray.data.Dataset:
-    """The distillation transfer set: the training rows and `copies` augmented copies of each."""
+def transfer_rows(train: ray.data.Dataset, copies: int, seed: int, folds: int = 0) -> ray.data.Dataset:
+    """The distillation transfer set: the training rows and `copies` augmented copies of each, with each
+    original's fold of `folds` (`sam.data.fold_of`) for cross-fitted teachers."""
     return train.map_batches(_with_augmented_copies, batch_format="pandas", **light_tasks(),
-                             fn_kwargs={"copies": copies, "seed": seed, "words": replacement_words(train)})
+                             fn_kwargs={"copies": copies, "seed": seed, "words": replacement_words(train), "folds": folds})

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args, get_origin
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sam import SamError
 
@@ -129,11 +129,16 @@ class DataConfig(Section):
     holdout_fraction: float = _knob(0.0, "a held-out share of each class, carved after validation and never trained, validated or "
                                          "tuned on: `sam evaluate --split holdout` scores it (0 = none)", ge=0, lt=1)
     limit_train: Optional[int] = _knob(None, "keep a seeded sample of about N valid rows, the same on every run (smoke runs)", ge=2)
+    folds: int = _knob(0, "with 2 or more, cut the training rows into this many folds by the split's hash and leave fold `fold` "
+                          "out: the teachers of a cross-fitted transfer set, one per fold (sam distill --cross-fit); 0 = none", ge=0)
+    fold: int = _knob(0, "the fold left out of training, 0 to folds - 1", ge=0)
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> "DataConfig":
         if self.val_fraction + self.holdout_fraction >= 1:
             raise ValueError(f"val_fraction {self.val_fraction} and holdout_fraction {self.holdout_fraction} leave no training rows")
+        if self.folds == 1 or (self.folds and self.fold >= self.folds) or (self.fold and not self.folds):
+            raise ValueError(f"fold {self.fold} of folds {self.folds}: give folds of at least 2 and a fold from 0 to folds - 1")
         return self
 
 
@@ -168,6 +173,24 @@ class DistillConfig(Section):
         "layers", "how the student starts: layers = as its (BERT) teacher with layers left out, in the teacher's tokenizer, "
                   "width, heads and d_ff, its token embeddings factorized to embedding_size by their principal components "
                   f"({', '.join(f'{k} {v}' for k, v in DISTILLING.items())} unless given); scratch = the configured encoder, from scratch")
+    ensemble: tuple[str, ...] = _knob(
+        (), "more teachers, comma-separated, trained on the same split: each scores the transfer set too and the student learns the "
+            "mean of their logits (k seeds), or with cross_fit the one teacher's that never trained on the row")
+    cross_fit: bool = _knob(False, "the teacher and the ensemble are k teachers trained with --folds k, one per --fold: each "
+                                   "scores only the transfer rows of the fold it left out")
+    hidden_weight: float = _knob(
+        0.0, "weight of the hidden-state loss (TinyBERT's): each layer of a layered student learns the output of the teacher layer it "
+             "started as, by mean squared error over real tokens; the teacher runs frozen beside the student in every training worker", ge=0)
+
+    @field_validator("ensemble", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+
+    @property
+    def teachers(self) -> list[str]:
+        """The teacher, then the ensemble: every model that scores the transfer set."""
+        return [self.teacher, *self.ensemble] if self.teacher else []
 
 
 class ScaleConfig(Section):
@@ -209,6 +232,21 @@ class Config(Section):
             values = {**values, "data": data, "start": {knob: data.pop(knob) for knob in START_KNOBS if knob in data}}
         return values
 
+    @model_validator(mode="after")
+    def _teachers_to_learn_from(self) -> "Config":
+        if (self.distill.ensemble or self.distill.cross_fit) and not self.distill.teacher:
+            raise ValueError("ensemble and cross_fit need a teacher: the ensemble's first member")
+        if self.distill.cross_fit and not self.distill.ensemble:
+            raise ValueError("cross_fit needs an ensemble: one teacher per fold")
+        return self
+
+    @model_validator(mode="after")
+    def _hidden_states_to_learn(self) -> "Config":
+        if self.distill.hidden_weight and not (self.distill.teacher and self.distill.student == "layers"):
+            raise ValueError(f"hidden_weight {self.distill.hidden_weight} needs a teacher and a layered student (student layers): "
+                             "a student learns hidden states only from the teacher layers it started as")
+        return self
+
     def to_dict(self) -> dict:
         return self.model_dump()
 
@@ -244,9 +282,13 @@ class Config(Section):
         elsewhere: Tune runs each trial in a working directory of its own. Hub names and URIs stay as they are."""
         given = {"source": self.data.source, "tokenizer": self.start.tokenizer, "init": self.start.init,
                  "init_embeddings": self.start.init_embeddings, "teacher": self.distill.teacher}
-        local = {knob: value for knob, value in given.items()
-                 if value and "://" not in value and (Path(value).expanduser().exists() or any(c in value for c in "*?["))}
-        return self.with_flat(**{knob: str(Path(value).expanduser().absolute()) for knob, value in local.items()})
+
+        def absolute(value: Optional[str]) -> Optional[str]:
+            local = value and "://" not in value and (Path(value).expanduser().exists() or any(c in value for c in "*?["))
+            return str(Path(value).expanduser().absolute()) if local else value
+
+        return self.with_flat(**{knob: absolute(value) for knob, value in given.items()},
+                              ensemble=tuple(absolute(value) for value in self.distill.ensemble))
 
     def save(self, directory: str | Path) -> None:
         Path(directory, CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -285,6 +285,12 @@ def split_bins(texts, seed: int) -> np.ndarray:
     return (split_key(texts, seed) * SPLIT_BINS).astype(np.int64)
 
 
+def fold_of(bins: np.ndarray, folds: int) -> np.ndarray:
+    """A row's cross-fitting fold, 0 to `folds` - 1, from its split-key bin: the bins deal the rows round the folds,
+    so each fold's rows per class are counted from the split's histogram, with no pass of their own."""
+    return bins % folds
+
+
 def _block_summary(batch: pd.DataFrame, seed: int) -> pd.DataFrame:
     """One row per block: its dropped rows by reason (the first few by location) and a histogram of its valid
     rows by class and split key, from which the driver sets the split without seeing a row."""
@@ -348,11 +354,14 @@ def split_edges(histogram: np.ndarray, val_fraction: float) -> list[int]:
 TRAIN = "train"
 
 
-def _one_side(batch: pd.DataFrame, seed: int, edges: dict[str, list[int]], cut: int, side: str) -> pd.DataFrame:
+def _one_side(batch: pd.DataFrame, seed: int, edges: dict[str, list[int]], cut: int, side: str,
+              left_out: Optional[tuple[int, int]] = None) -> pd.DataFrame:
     good = _valid_rows(batch)
     bins, labels = split_bins(good["text"], seed), good["label"].to_numpy()
     below_val, below_holdout = (bins < np.asarray(edges[part])[labels] for part in (VALIDATION, HOLDOUT))
     keep = {VALIDATION: below_val, HOLDOUT: below_holdout & ~below_val, TRAIN: ~below_holdout}[side]
+    if left_out and side == TRAIN:
+        keep &= fold_of(bins, left_out[0]) != left_out[1]
     return good.loc[keep & (bins < cut), ["text", "label"]]
 
 
@@ -382,6 +391,10 @@ def train_and_validation(config: Config, progress: bool = False) -> Split:
     below = {part: np.array([counts[:edge].sum() for counts, edge in zip(histogram, part_edges)]) for part, part_edges in edges.items()}
     val_counts, holdout_counts = below[VALIDATION], below[HOLDOUT] - below[VALIDATION]
     train_counts = histogram.sum(1) - below[HOLDOUT]
+    left_out = (config.data.folds, config.data.fold) if config.data.folds else None
+    if left_out:  # a cross-fitted teacher: the training rows of its own fold are left for it to score
+        in_fold = fold_of(np.arange(SPLIT_BINS), left_out[0]) == left_out[1]
+        train_counts -= np.array([counts[edge:][in_fold[edge:]].sum() for counts, edge in zip(histogram, edges[HOLDOUT])])
     if val_counts.sum() == 0 or train_counts.sum() == 0 or (config.data.holdout_fraction and holdout_counts.sum() == 0):
         raise DataError(f"{config.data.source}: {histogram.sum()} rows leave no training, validation or held-out rows "
                         f"at val_fraction {config.data.val_fraction}, holdout_fraction {config.data.holdout_fraction}")
@@ -393,7 +406,8 @@ def train_and_validation(config: Config, progress: bool = False) -> Split:
         """A read of its own, so that each side's settings (a scoring job's small blocks) stay its own."""
         rows = read_rows(config.data.source, "train", shuffle_seed=config.train.seed, progress=progress)
         return rows.map_batches(_one_side, batch_format="pandas", **light_tasks(),
-                                fn_kwargs={"seed": config.train.seed, "edges": edges, "cut": cut, "side": name})
+                                fn_kwargs={"seed": config.train.seed, "edges": edges, "cut": cut, "side": name,
+                                           "left_out": left_out})
 
     return Split(side(TRAIN), side(VALIDATION), side(HOLDOUT), report, train_counts, val_counts, holdout_counts)
 

@@ -33,27 +33,50 @@ MANIFEST = "manifest.json"  # written last: what the set was built from and how 
 
 @dataclass
 class Transfer:
-    rows: ray.data.Dataset  # text, label, teacher_logits and the replica that scored the row
+    rows: ray.data.Dataset  # text, label, teacher_logits, the replica that scored the row (and its fold, cross-fitted)
     count: int
 
 
-def check_teacher_split(config: Config) -> None:
+def check_teacher_split(config: Config) -> list[str]:
     """A teacher validated on another split has trained on some of this one's validation rows, and its scores
     would leak them into the student; one split with another held-out part has trained on some of the rows the
-    two are compared on."""
-    teacher = teacher_config(config)
-    mine, theirs = ((c.train.seed, c.data.val_fraction, c.data.holdout_fraction, c.data.limit_train) for c in (config, teacher))
-    if mine != theirs:
-        raise SamError(f"teacher {config.distill.teacher} was split with (seed, val_fraction, holdout_fraction, limit_train) = {theirs}, "
-                         f"this run with {mine}: give the same, so that it never trained on this run's validation rows")
+    two are compared on. Cross-fitted teachers must also be one per fold. Returns the teachers in scoring order:
+    as given, or by the fold each left out."""
+    teachers = config.distill.teachers
+    configs = [teacher_config(config, teacher) for teacher in teachers]
+    mine = (config.train.seed, config.data.val_fraction, config.data.holdout_fraction, config.data.limit_train)
+    for teacher, theirs in zip(teachers, configs):
+        split = (theirs.train.seed, theirs.data.val_fraction, theirs.data.holdout_fraction, theirs.data.limit_train)
+        if split != mine:
+            raise SamError(f"teacher {teacher} was split with (seed, val_fraction, holdout_fraction, limit_train) = {split}, "
+                           f"this run with {mine}: give the same, so that it never trained on this run's validation rows")
+    if not config.distill.cross_fit:
+        return teachers
+    folds = len(teachers)
+    for teacher, theirs in zip(teachers, configs):
+        if theirs.data.folds != folds:
+            raise SamError(f"teacher {teacher} was trained with folds {theirs.data.folds}; cross-fitting {folds} teachers needs "
+                           f"each trained with --folds {folds} and its own --fold")
+    by_fold = sorted(zip((theirs.data.fold for theirs in configs), teachers))
+    if [fold for fold, _ in by_fold] != list(range(folds)):
+        raise SamError(f"cross-fitted teachers leave out folds {[fold for fold, _ in by_fold]}: give one teacher per fold, "
+                       f"0 to {folds - 1}, so that every row is scored by a teacher that never trained on it")
+    return [teacher for _, teacher in by_fold]
+
+
+def weights_hash(model_dir: str) -> str:
+    directory = local_model_dir(model_dir)
+    return hashlib.sha256(next(directory / f for f in WEIGHTS_FILES if (directory / f).is_file()).read_bytes()).hexdigest()
 
 
 def transfer_key(config: Config) -> dict:
-    """What a transfer set depends on: the teacher's weights (not its path), the data, the split, the augmentation."""
-    teacher = local_model_dir(config.distill.teacher)
-    weights = hashlib.sha256(next(teacher / f for f in WEIGHTS_FILES if (teacher / f).is_file()).read_bytes()).hexdigest()
-    return {"teacher_weights": weights, "data": config.with_absolute_paths().data.source, "limit": config.data.limit_train,
-            "val_fraction": config.data.val_fraction, "holdout_fraction": config.data.holdout_fraction, "seed": config.train.seed, "augment": config.distill.augment}
+    """What a transfer set depends on: the teachers' weights (not their paths), the data, the split, the augmentation."""
+    hashes = [weights_hash(teacher) for teacher in check_teacher_split(config)]  # in fold order when cross-fitted
+    hashes = hashes if config.distill.cross_fit else sorted(hashes)  # an ensemble's mean is the same in any order
+    return {"teacher_weights": hashes[0] if len(hashes) == 1 else hashes, "data": config.with_absolute_paths().data.source,
+            "limit": config.data.limit_train, "val_fraction": config.data.val_fraction,
+            "holdout_fraction": config.data.holdout_fraction, "seed": config.train.seed, "augment": config.distill.augment,
+            **({"cross_fit": True} if config.distill.cross_fit else {})}
 
 
 def transfer_dir(config: Config, root: str) -> str:
@@ -63,19 +86,22 @@ def transfer_dir(config: Config, root: str) -> str:
 
 def build_transfer_set(config: Config, split: Split, directory: str, actors: int | None = None, gpus_per_actor: float = 0.0,
                        runtime: str | None = None, progress: bool = False) -> Transfer:
-    """The training rows and their augmented copies with the teacher's logits, scored once by a pool of teacher
+    """The training rows and their augmented copies with the teacher's logits (the mean of an ensemble's, or with
+    cross-fitting the logits of the one teacher that left the row's fold out), scored once by a pool of teacher
     replicas and streamed to parquet in `directory` (a local path or a URI); a complete set for the same key is
     reused. Each writer writes a part of its own and the manifest, written last, names the part that holds the set: two runs (or trials)
     building the same set at once never mix their rows, on any storage."""
     key, manifest_path = transfer_key(config), join(directory, MANIFEST)
     if not exists(manifest_path):
         part = f"part-{secrets.token_hex(4)}"
-        log.info("scoring the transfer set with teacher %s into %s", redact(config.distill.teacher), redact(directory))
-        rows = transfer_rows(split.train, config.distill.augment, config.train.seed)
-        scored = score_rows(rows, config.distill.teacher, actors=actors, gpus_per_actor=gpus_per_actor, runtime=runtime,
-                            with_logits=True, progress=progress)
+        teachers, cross_fit = check_teacher_split(config), config.distill.cross_fit
+        log.info("scoring the transfer set with %s %s into %s", "cross-fitted teachers" if cross_fit else "teacher",
+                 ", ".join(map(redact, teachers)), redact(directory))
+        rows = transfer_rows(split.train, config.distill.augment, config.train.seed, folds=len(teachers) if cross_fit else 0)
+        scored = score_rows(rows, teachers, actors=actors, gpus_per_actor=gpus_per_actor, runtime=runtime,
+                            with_logits=True, by_fold=cross_fit, progress=progress)
         try:
-            scored.select_columns(["text", "true_label", "logits", SCORER]) \
+            scored.select_columns(["text", "true_label", "logits", SCORER, *(["fold"] if cross_fit else [])]) \
                 .rename_columns({"true_label": "label", "logits": "teacher_logits"}) \
                 .write_parquet(ray_data_path(join(directory, part)), ray_remote_args={"num_cpus": 0})
             count = _read_transfer(join(directory, part), progress).count()

@@ -68,6 +68,24 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     return alpha * soft + (1 - alpha) * hard_loss(logits, labels)
 
 
+def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """The teacher's layers (0-based) a student's stand for, evenly spaced with the first and last kept: the layers
+    a layered student starts from and, with `hidden_weight`, keeps learning from."""
+    return torch.linspace(0, teacher_layers - 1, student_layers).round().long().tolist()
+
+
+def hidden_state_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...],
+                      attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each student layer's output against the output of the teacher layer it stands for (`kept_layers`), by mean
+    squared error over real tokens, averaged over the layers (TinyBERT's hidden-state loss). Both are `transformers`'
+    `hidden_states`: the embedding output, then each layer's."""
+    mask = attention_mask.unsqueeze(-1).to(student[-1].dtype)
+    values = mask.sum() * student[-1].shape[-1]
+    layers = kept_layers(len(teacher) - 1, len(student) - 1)
+    return torch.stack([((mine - teacher[theirs + 1]) ** 2 * mask).sum() / values
+                        for mine, theirs in zip(student[1:], layers)]).mean()
+
+
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on GPU when asked; CPU stays fp32 (bf16 matmuls are slower than fp32 on most CPUs)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext()
@@ -149,8 +167,11 @@ class Learner:
     average. What is evaluated and saved is the plain module or its weight average."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, class_weights: list[float] | None,
-                 device: torch.device, bf16: bool = False, distill: Optional[DistillConfig] = None):
+                 device: torch.device, bf16: bool = False, distill: Optional[DistillConfig] = None,
+                 teacher: Optional[torch.nn.Module] = None):
         self.model, self.config, self.device, self.bf16, self.distill = model, config, device, bf16, distill
+        # Frozen: its hidden states are targets, never trained.
+        self.teacher = teacher.to(device).eval().requires_grad_(False) if teacher is not None else None
         self.module = model.module if hasattr(model, "module") else model
         self.optimizer = make_optimizer(model, config)
         self.scheduler = make_scheduler(self.optimizer, config, total_steps)
@@ -165,12 +186,28 @@ class Learner:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The gold labels' loss, or distillation's when the batch carries a teacher's logits."""
-        if "teacher_logits" in batch:
-            return distillation_loss(logits, batch["teacher_logits"], batch["labels"], self.hard_loss,
-                                     self.distill.alpha, self.distill.temperature)
-        return self.hard_loss(logits, batch["labels"])
+    def forward(self, batch: dict[str, torch.Tensor]):
+        """The model's output for a training step; with a teacher in the loop, with every layer's hidden states."""
+        with autocast(self.device, self.bf16):
+            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              output_hidden_states=self.teacher is not None)
+
+    def loss(self, output, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The gold labels' loss, or distillation's when the batch carries a teacher's logits, plus, with a teacher
+        in the loop, `hidden_weight` times the hidden-state loss against the teacher's states for the same ids."""
+        logits = output.logits.float()
+        if "teacher_logits" not in batch:
+            return self.hard_loss(logits, batch["labels"])
+        loss = distillation_loss(logits, batch["teacher_logits"], batch["labels"], self.hard_loss,
+                                 self.distill.alpha, self.distill.temperature)
+        if self.teacher is not None:
+            with torch.no_grad(), autocast(self.device, self.bf16):
+                taught = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      output_hidden_states=True).hidden_states
+            states = tuple(state.float() for state in output.hidden_states)
+            loss = loss + self.distill.hidden_weight * hidden_state_loss(states, tuple(t.float() for t in taught),
+                                                                        batch["attention_mask"])
+        return loss
 
     def state_dict(self) -> dict:
         """What resuming needs beyond the evaluated weights: optimiser and schedule, and, with a weight average,

@@ -24,6 +24,7 @@ from transformers import (
 
 from sam import LABELS, SamError
 from sam.config import Config, ModelConfig
+from sam.learner import kept_layers
 from sam.locations import local_model_dir
 
 LABEL_MAPS = {"id2label": dict(enumerate(LABELS)), "label2id": {name: i for i, name in enumerate(LABELS)}}
@@ -154,8 +155,8 @@ def start_from_layers(model: AlbertForSequenceClassification, teacher: PreTraine
     student.encoder.embedding_hidden_mapping_in.weight.copy_(mapping[:-1].T)
     student.encoder.embedding_hidden_mapping_in.bias.copy_(mapping[-1])
 
-    kept = torch.linspace(0, source.config.num_hidden_layers - 1, len(student.encoder.albert_layer_groups)).round().long()
-    for group, index in zip(student.encoder.albert_layer_groups, kept.tolist()):
+    kept = kept_layers(source.config.num_hidden_layers, len(student.encoder.albert_layer_groups))
+    for group, index in zip(student.encoder.albert_layer_groups, kept):
         layer = source.encoder.layer[index].state_dict()
         group.albert_layers[0].load_state_dict({
             f"{ALBERT_NAMES[name.rsplit('.', 1)[0]]}.{name.rsplit('.', 1)[1]}": value for name, value in layer.items()})

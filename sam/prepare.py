@@ -22,7 +22,7 @@ log = logging.getLogger("sam")
 # The knobs that change what a run trains on: the split (source, fractions, sample, seed), the tokenizer (init,
 # tokenizer, vocabulary), a teacher's transfer set (teacher, augment) and the tokenized rows (max_length, budget).
 PREPARATION_KNOBS = ("source", "val_fraction", "holdout_fraction", "limit_train", "seed", "init", "tokenizer", "vocab_size",
-                     "lowercase", "teacher", "augment", "max_length", "materialize_mb")
+                     "lowercase", "teacher", "ensemble", "cross_fit", "folds", "fold", "augment", "max_length", "materialize_mb")
 
 
 def preparation_key(config: Config) -> tuple:

@@ -54,11 +54,13 @@ def _recipe(given: Mapping[str, Any]) -> dict:
     return FINE_TUNING if given.get("init") else DISTILLING if layered_student else {}
 
 
-def teacher_config(config: Config) -> Config:
-    """The config the teacher was trained with, saved in its model directory (a URI is fetched into this node's cache)."""
-    directory = local_model_dir(config.distill.teacher)
+def teacher_config(config: Config, teacher: Optional[str] = None) -> Config:
+    """The config a teacher (default: the run's first) was trained with, saved in its model directory (a URI is
+    fetched into this node's cache)."""
+    teacher = teacher or config.distill.teacher
+    directory = local_model_dir(teacher)
     if not (directory / CONFIG_FILE).is_file():
-        raise SamError(f"teacher {config.distill.teacher}: not a SAM model directory (no {CONFIG_FILE}), so its split "
+        raise SamError(f"teacher {teacher}: not a SAM model directory (no {CONFIG_FILE}), so its split "
                        "cannot be checked against this run's validation rows")
     return Config.load(directory)
 

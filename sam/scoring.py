@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,9 +38,11 @@ class BatchScorer:
     to its predictions, one output row per input row, in order. Rows with a `problem` pass through unscored
     (label -1), so a job can score and reject in one pass over its source."""
 
-    def __init__(self, model_dir: str, runtime: str | None = None, with_logits: bool = False):
-        self.predictor = Predictor.in_actor(model_dir, runtime)
-        self.with_logits = with_logits
+    def __init__(self, model_dirs: list[str], runtime: str | None = None, with_logits: bool = False, by_fold: bool = False):
+        # Several models are an ensemble, their logits averaged: a better teacher than any one, at their summed cost;
+        # `by_fold`: cross-fitted, model k scores only the rows of `fold` k, the fold it never trained on.
+        self.predictors = [Predictor.in_actor(model_dir, runtime) for model_dir in model_dirs]
+        self.with_logits, self.by_fold = with_logits, by_fold
         self.name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -49,7 +52,7 @@ class BatchScorer:
         columns = {"sentiment": [""] * len(batch), "label": [-1] * len(batch), "confidence": [0.0] * len(batch),
                    "scores": [None] * len(batch)}  # what a row with a problem gets
         if len(rows):
-            logits[rows] = self.predictor.logits(batch["text"].iloc[rows].tolist())
+            logits[rows] = self._logits(batch.iloc[rows])
             for name, values in prediction_columns(softmax(logits[rows])).items():
                 for row, value in zip(rows, values):
                     columns[name][row] = value
@@ -58,9 +61,19 @@ class BatchScorer:
             scored.insert(0, "true_label", batch["label"].to_numpy())
         if self.with_logits:  # unrounded: a distilled model learns from them
             scored["logits"] = list(logits)
-        passed = [column for column in ("id", "text", "where", "problem") if column in batch]
+        passed = [column for column in ("id", "text", "where", "problem", "fold") if column in batch]
         scored[SCORER], scored[SCORED_AT] = self.name, time.time()
         return pd.concat([batch[passed].reset_index(drop=True), scored], axis=1)
+
+    def _logits(self, rows: pd.DataFrame) -> np.ndarray:
+        texts = rows["text"].tolist()
+        if not self.by_fold:
+            return np.mean([predictor.logits(texts) for predictor in self.predictors], axis=0)
+        logits, folds = np.zeros((len(rows), len(LABELS)), dtype=np.float32), rows["fold"].to_numpy()
+        for fold in np.unique(folds):
+            mine = np.flatnonzero(folds == fold)
+            logits[mine] = self.predictors[fold].logits([texts[row] for row in mine])
+        return logits
 
 
 def scoring_pool(actors: int | None, gpus_per_actor: float = 0.0) -> ray.data.ActorPoolStrategy:
@@ -76,23 +89,27 @@ def scoring_pool(actors: int | None, gpus_per_actor: float = 0.0) -> ray.data.Ac
     return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
 
 
-def score_rows(rows: ray.data.Dataset, model_dir: str | Path, actors: int | None = None, gpus_per_actor: float = 0.0,
-               runtime: str | None = None, batch_size: int = 256, with_logits: bool = False,
+def score_rows(rows: ray.data.Dataset, model_dir: str | Path | Sequence[str], actors: int | None = None, gpus_per_actor: float = 0.0,
+               runtime: str | None = None, batch_size: int = 256, with_logits: bool = False, by_fold: bool = False,
                progress: bool = False) -> ray.data.Dataset:
-    """Rows (text; id, label and a problem where present) scored by a pool of model replicas (`scoring_pool`), lazily.
+    """Rows (text; id, label and a problem where present) scored by a pool of model replicas (`scoring_pool`), lazily;
+    by the mean of several models' logits when `model_dir` names several, or with `by_fold` by the one of them that
+    a row's `fold` names (cross-fitted teachers).
     The job's settings go on `rows`' own context (each read has its own), so every caller gets them: small blocks
     (Ray Data makes one block of a file of up to 128 MiB), and no block handed out before every actor has loaded
     the model (else the first live actor takes several while the others still import torch);
     `repartition(target_num_rows_per_block=...)` would split blocks too, but its tasks reserve a CPU, which the
     actors hold. `progress`: Ray Data's own progress for the job."""
-    check_model_dir(model_dir)
+    model_dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
+    for each in model_dirs:
+        check_model_dir(each)
     context = rows.context
     context.target_max_block_size, context.wait_for_min_actors_s = SCORING_BLOCK_BYTES, ACTOR_WAIT_S
     context.enable_progress_bars = progress
     return rows.map_batches(
         # A URI, so that each node's actors fetch the model into that node's cache, or an absolute local path.
-        BatchScorer, fn_constructor_kwargs={"model_dir": model_location(model_dir), "runtime": runtime,
-                                            "with_logits": with_logits},
+        BatchScorer, fn_constructor_kwargs={"model_dirs": [model_location(each) for each in model_dirs], "runtime": runtime,
+                                            "with_logits": with_logits, "by_fold": by_fold},
         compute=scoring_pool(actors, gpus_per_actor), batch_size=batch_size, batch_format="pandas",
         num_cpus=0 if gpus_per_actor else 1, num_gpus=gpus_per_actor or None,
     )

@@ -87,8 +87,9 @@ def build_or_restore(config: Config, loop_config: dict, device: torch.device) ->
         progress = new_progress()
     if ray.train.get_context().get_world_rank() == 0:
         log.info("%s", summary(model))  # logged, not printed: Ray Train tees and logs a print, showing it twice
+    teacher = load_pretrained(config.distill.teacher) if config.distill.hidden_weight else None
     learner = Learner(ray.train.torch.prepare_model(model), config.train, loop_config["steps_per_epoch"] * config.train.epochs,
-                      loop_config["class_weights"], device, config.scale.bf16, config.distill)
+                      loop_config["class_weights"], device, config.scale.bf16, config.distill, teacher)
     if saved:
         learner.load_state_dict(restored.training_state)
     return learner, progress
@@ -98,9 +99,7 @@ def train_step(learner: Learner, batch: dict[str, torch.Tensor]) -> torch.Tensor
     """One optimiser step on one padded batch, then the weight average's update; returns the batch loss, on the
     device (reading it back would make every GPU step wait)."""
     learner.model.train()
-    with autocast(learner.device, learner.bf16):
-        logits = learner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = learner.loss(logits.float(), batch)
+    loss = learner.loss(learner.forward(batch), batch)
     learner.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(learner.model.parameters(), learner.config.grad_clip)

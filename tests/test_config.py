@@ -108,3 +108,22 @@ def test_the_family_is_one_knob_and_each_refuses_what_it_cannot_build():
     with pytest.raises(ConfigError, match="arch albert needs an embedding_size"):
         Config().with_flat(arch="albert")
     assert Config().with_flat(arch="albert", embedding_size=16).model.embedding_size == 16
+
+
+def test_hidden_states_are_learned_only_by_a_layered_student_of_a_teacher():
+    with pytest.raises(ConfigError, match="hidden_weight 1.0 needs a teacher and a layered student"):
+        Config().with_flat(hidden_weight=1.0)
+    with pytest.raises(ConfigError, match="needs a teacher and a layered student"):
+        Config().with_flat(teacher="t", student="scratch", hidden_weight=1.0)
+    assert Config().with_flat(teacher="t", hidden_weight=1.0).distill.hidden_weight == 1.0
+
+
+def test_folds_and_an_ensemble_of_teachers_are_checked_where_they_are_given():
+    assert Config().with_flat(teacher="a", ensemble="b, c").distill.teachers == ["a", "b", "c"]
+    for bad in ({"folds": 1}, {"folds": 2, "fold": 2}, {"fold": 1}):
+        with pytest.raises(ValueError, match="give folds of at least 2 and a fold from 0 to folds - 1"):
+            Config().with_flat(**bad)
+    with pytest.raises(ValueError, match="ensemble and cross_fit need a teacher"):
+        Config().with_flat(ensemble="b")
+    with pytest.raises(ValueError, match="cross_fit needs an ensemble"):
+        Config().with_flat(teacher="a", cross_fit=True)

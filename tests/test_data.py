@@ -133,6 +133,22 @@ def test_held_out_part_is_disjoint_and_leaves_validation_as_it_was(ray_session, 
     assert held.train_counts.sum() == len(texts["train"]) and len(plain.holdout.to_pandas()) == 0
 
 
+def test_a_fold_leaves_out_exactly_its_training_rows_and_the_counts_follow(ray_session, tmp_path):
+    from sam.data import fold_of, split_bins
+
+    write_jsonl(tmp_path / "train.jsonl", numbered_rows(600))
+    config = Config().with_flat(source=str(tmp_path), val_fraction=0.1, holdout_fraction=0.1, seed=3)
+    whole = train_and_validation(config).train.to_pandas()
+    fold_of_row = dict(zip(whole["text"], fold_of(split_bins(whole["text"], 3), 3)))
+    for fold in range(3):
+        split = train_and_validation(config.with_flat(folds=3, fold=fold))
+        train = split.train.to_pandas()
+        assert set(train["text"]) == {text for text, its in fold_of_row.items() if its != fold}
+        assert split.train_counts.tolist() == np.bincount(train["label"], minlength=3).tolist()
+        assert sorted(split.val.to_pandas()["text"]) == sorted(train_and_validation(config).val.to_pandas()["text"])
+    assert 150 <= sum(its == 0 for its in fold_of_row.values()) <= 170  # about a third of the 480 training rows
+
+
 def test_limit_keeps_the_same_sample_whatever_the_shard_layout(ray_session, tmp_path):
     rows = numbered_rows(600)
     (tmp_path / "one").mkdir()

@@ -14,7 +14,7 @@ from sam.config import Config
 from sam.augment import MASK, _with_augmented_copies
 from sam.learner import distillation_loss
 from sam.scoring import SCORER
-from tests.helpers import TINY_OPTIONS, tiny_config, tweet_rows, write_jsonl
+from tests.helpers import TINY_OPTIONS, encoder_dir, tiny_config, tweet_rows, write_jsonl
 
 TINY = [*TINY_OPTIONS, "--epochs", "1", "--embedding-size", "16"]
 
@@ -37,6 +37,15 @@ def test_augmentation_is_seeded_and_keeps_labels():
         alone = _with_augmented_copies(batch.iloc[[row]], copies=3, seed=7, words=WORDS)
         assert alone["text"].tolist() == once["text"].tolist()[4 * row : 4 * row + 4]
     assert not once.equals(_with_augmented_copies(batch, copies=3, seed=8, words=WORDS))
+
+
+def test_augmented_copies_carry_the_fold_of_their_original():
+    from sam.data import fold_of, split_bins
+
+    batch = pd.DataFrame(tweet_rows())
+    rows = _with_augmented_copies(batch, copies=2, seed=7, words=WORDS, folds=3)
+    assert rows["fold"].tolist() == [fold for fold in fold_of(split_bins(batch["text"], 7), 3) for _ in range(3)]
+    assert set(rows["fold"]) == {0, 1, 2} and "fold" not in _with_augmented_copies(batch, 2, 7, WORDS)
 
 
 def test_loss_is_cross_entropy_at_alpha_0_and_the_softened_kl_at_alpha_1():
@@ -104,9 +113,76 @@ def test_distill_scores_the_transfer_set_once_and_exports_a_standard_directory(
 
     monkeypatch.setattr(distill, "score_rows", lambda *args, **kwargs: pytest.fail("the transfer set was scored again"))
     assert main(command) == 0  # reused: no scoring
+    # The same set teaches hidden states too: with a heavy hidden-state loss the student's layers end nearer the
+    # teacher layers they started as than without it, even given a tenfold lr and three times the steps to drift.
+    assert main([*command, "--hidden-weight", "1000", "--lr", "1e-3", "--epochs", "3", "--output", str(tmp_path / "hidden")]) == 0
     capsys.readouterr()
+    assert Config.load(tmp_path / "hidden").distill.hidden_weight == 1000
+    assert hidden_distance(tmp_path / "hidden", tiny_model_dir) < hidden_distance(output, tiny_model_dir)
     assert main([*command, "--augment", "1"]) == 2  # the same directory, another set: refused, not silently reused
     assert "a transfer set for another augment" in capsys.readouterr().err
+
+
+def teachers(tweets_dir, tmp_path, *knobs: dict) -> list[str]:
+    """Small untrained teachers, one per knobs (their saved config: the split, and a fold), each its own weights."""
+    made = []
+    for number, flat in enumerate(knobs):
+        torch.manual_seed(number)
+        made.append(str(encoder_dir(tmp_path / f"teacher{number}", tiny_config(tweets_dir, **flat))))
+    return made
+
+
+def scored_transfer(config, tmp_path) -> pd.DataFrame:
+    from sam.data import train_and_validation
+    from sam.distill import build_transfer_set
+
+    split = train_and_validation(config)
+    return build_transfer_set(config, split, str(tmp_path / "transfer"), actors=1).rows.to_pandas()
+
+
+def test_an_ensembles_transfer_set_holds_the_mean_of_its_teachers_logits(ray_session, tweets_dir, tmp_path):
+    from sam.predict import Predictor
+
+    first, second = teachers(tweets_dir, tmp_path, {}, {})
+    scored = scored_transfer(tiny_config(tweets_dir, teacher=first, ensemble=second, augment=1), tmp_path)
+    own = [Predictor(teacher).logits(scored["text"].tolist()) for teacher in (first, second)]
+    assert not np.allclose(own[0], own[1], atol=1e-3)  # two teachers, not one twice
+    assert np.allclose(np.stack(scored["teacher_logits"]), (own[0] + own[1]) / 2, atol=1e-5)
+
+
+def test_cross_fitted_teachers_score_only_the_rows_they_never_trained_on(ray_session, tweets_dir, tmp_path):
+    from sam.data import train_and_validation
+    from sam.distill import check_teacher_split
+    from sam.predict import Predictor
+
+    fold1, fold0 = teachers(tweets_dir, tmp_path, {"folds": 2, "fold": 1}, {"folds": 2, "fold": 0})
+    config = tiny_config(tweets_dir, teacher=fold1, ensemble=fold0, cross_fit=True, augment=0)
+    assert check_teacher_split(config) == [fold0, fold1]  # in fold order, whatever order they were given in
+    scored = scored_transfer(config, tmp_path)
+    training = train_and_validation(config).train.to_pandas()["text"]
+    assert sorted(scored["text"]) == sorted(training)  # every training row scored, once
+    for fold, teacher in enumerate((fold0, fold1)):
+        mine = scored[scored["fold"] == fold]
+        learned = set(train_and_validation(Config.load(teacher)).train.to_pandas()["text"])
+        assert len(mine) and not set(mine["text"]) & learned
+        assert np.allclose(np.stack(mine["teacher_logits"]), Predictor(teacher).logits(mine["text"].tolist()), atol=1e-5)
+    # Not one teacher per fold: refused, naming the teacher.
+    other_folds, same_fold = teachers(tweets_dir, tmp_path / "more", {"folds": 3, "fold": 0}, {"folds": 2, "fold": 1})
+    with pytest.raises(ValueError, match=f"teacher {other_folds} was trained with folds 3"):
+        check_teacher_split(config.with_flat(ensemble=other_folds))
+    with pytest.raises(ValueError, match=r"leave out folds \[1, 1\]"):
+        check_teacher_split(config.with_flat(ensemble=same_fold))
+
+
+def hidden_distance(student_dir, teacher_dir) -> float:
+    """The hidden-state loss of a student against its teacher over the fixture tweets."""
+    from sam.learner import hidden_state_loss
+
+    tokens = AutoTokenizer.from_pretrained(teacher_dir)([row["text"] for row in tweet_rows()], padding=True, return_tensors="pt")
+    states = lambda directory: AutoModelForSequenceClassification.from_pretrained(directory).eval()(  # noqa: E731
+        **tokens, output_hidden_states=True).hidden_states
+    with torch.no_grad():
+        return hidden_state_loss(states(student_dir), states(teacher_dir), tokens["attention_mask"]).item()
 
 
 @pytest.mark.slow

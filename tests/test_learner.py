@@ -97,3 +97,41 @@ def test_predictions_merge_and_metrics():
     b.add(torch.tensor([[0, 0, 5.0]]), torch.tensor([0]))
     metrics = Predictions.merged([a, b]).metrics()
     assert metrics["n"] == 3 and abs(metrics["accuracy"] - 2 / 3) < 1e-9
+
+
+def test_hidden_state_loss_is_zero_for_a_copy_of_the_teachers_layers_and_trains_the_student_alone():
+    import copy
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from sam.config import DistillConfig
+    from sam.learner import hidden_state_loss
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=40, hidden_size=16, num_attention_heads=2, intermediate_size=32, num_labels=3)
+    teacher = BertForSequenceClassification(BertConfig(num_hidden_layers=3, **shape)).eval()
+    ids = torch.randint(5, 40, (4, 7))
+    mask = torch.ones_like(ids)
+    mask[:2, 5:] = 0  # two padded rows
+    states = lambda model: model.eval()(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states  # noqa: E731
+    copied = copy.deepcopy(teacher)
+    assert hidden_state_loss(states(copied), states(teacher), mask).item() == 0.0
+    # Padding never counts: states changed only where the mask is 0 leave the loss at 0.
+    padded = tuple(state + 5 * (1 - mask).unsqueeze(-1) for state in states(copied))
+    assert hidden_state_loss(padded, states(teacher), mask).item() == 0.0
+    # A student of 2 layers stands for the teacher's first and last: a copy of those two, left as they were, is not
+    # a copy of the teacher's computation, so the loss is positive; so is a copy with one weight moved.
+    shallow = BertForSequenceClassification(BertConfig(num_hidden_layers=2, **shape))
+    shallow.load_state_dict({k.replace("layer.2.", "layer.1."): v for k, v in teacher.state_dict().items() if ".layer.1." not in k})
+    assert hidden_state_loss(states(shallow), states(teacher), mask).item() > 0
+    with torch.no_grad():
+        copied.bert.encoder.layer[1].output.dense.weight.add_(0.1)
+    assert hidden_state_loss(states(copied), states(teacher), mask).item() > 0
+
+    # Through a training step's loss: the student's layers get gradients, the teacher's none.
+    distill = DistillConfig(teacher="teacher", hidden_weight=1.0, alpha=1.0)
+    learner = Learner(copied.train(), TrainConfig(), 10, None, torch.device("cpu"), distill=distill, teacher=teacher)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1]), "teacher_logits": torch.zeros(4, 3)}
+    learner.loss(learner.forward(batch), batch).backward()
+    assert copied.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    assert all(parameter.grad is None and not parameter.requires_grad for parameter in teacher.parameters())
