@@ -116,7 +116,10 @@ def model_readings(url: str, reads: int = TRAFFIC_READS) -> list[dict]:
     """The app's `/model`, read `reads` times: each reading comes from one ingress replica."""
     import requests
 
-    return [requests.get(f"{url}/model", timeout=30).json() for _ in range(reads)]
+    try:
+        return [requests.get(f"{url}/model", timeout=30).json() for _ in range(reads)]
+    except (requests.RequestException, ValueError) as error:  # ValueError: an answer that is not JSON
+        raise SamError(f"no SAM app answers at {url}/model ({type(error).__name__}): deploy it first, or give --url") from None
 
 
 def by_replica(readings: list[dict]) -> dict[str, dict]:
@@ -146,8 +149,6 @@ class Rollout:
         """Deploys the config with this app's `args` (and the ingress's `routing`, as user_config: a change of
         args alone restarts every replica, one of user_config none); returns `/model` once every replica read
         shows `applied`."""
-        import requests
-
         config = copy.deepcopy(self.config)
         app = config["applications"][self.config["applications"].index(self.app)]
         app["args"] = args
@@ -170,7 +171,7 @@ class Rollout:
                     readings = model_readings(self.url)
                     if all(applied(info) for info in readings):
                         return readings[-1]
-                except (requests.RequestException, ValueError, KeyError):
+                except (SamError, KeyError):
                     pass  # replicas being replaced
             time.sleep(1)
         raise SamError(f"the deploy did not take effect within {self.deploy_timeout_s:.0f} s (serve status shows why)")
@@ -189,12 +190,12 @@ class Rollout:
                 info = self._deploy({**self.base, "challenger_dir": self.challenger}, routing=routing,
                                     applied=lambda i: bool(i.get("challenger")) and i["challenger"]["share"] == share
                                     and i["challenger"]["mode"] == mode and i["model"] == champion)
-            except SamError as error:
+                challenger = info["challenger"]["model"]
+                started, before = time.monotonic(), by_replica(model_readings(self.url))
+                time.sleep(hold_s)
+                after = by_replica(model_readings(self.url))
+            except SamError as error:  # a deploy that failed, or an app that stopped answering during the step
                 return self._roll_back(champion, timeline, f"step {number} ({_label(step)}): {error}")
-            challenger = info["challenger"]["model"]
-            started, before = time.monotonic(), by_replica(model_readings(self.url))
-            time.sleep(hold_s)
-            after = by_replica(model_readings(self.url))
             held = time.monotonic() - started
             figures = {"step": _label(step), "held_s": round(held, 1), "challenger": window(before, after, challenger),
                        "champion": window(before, after, champion)}

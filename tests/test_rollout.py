@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from sam import SamError
-from sam.rollout import Checks, judge, name_champion, parse_steps, promoted_args
+from sam.rollout import Checks, judge, model_readings, name_champion, parse_steps, promoted_args
 from tests.helpers import POSITIVE, ROOT, free_port, own_ray_env, stop_ray_started_in
 
 # The README's deploy line, as a user copies it
@@ -47,6 +47,12 @@ def test_steps_rise_to_at_most_100_with_an_optional_shadow_first():
 ])
 def test_each_failed_check_is_named_with_its_figure_and_limit(change, checks, named):
     assert judge({**FIGURES, **change}, checks) == named
+
+
+def test_an_app_that_does_not_answer_is_one_line_naming_its_address():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SamError, match=f"no SAM app answers at {url}/model \\(ConnectionError\\): deploy it first, or give --url"):
+        model_readings(url, 1)
 
 
 def test_the_config_names_the_promoted_champion_and_keeps_its_comments(tmp_path):
