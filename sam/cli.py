@@ -59,8 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     distilling = args.command == "distill"
     if distilling and not config.distill.teacher:
         raise SamError("--teacher is required: the model directory whose scores the student learns from")
-    if distilling and resolve(args.output) == resolve(config.distill.teacher):
-        raise SamError(f"--output {redact(args.output)} is the teacher: the student would replace it")
+    if distilling and any(resolve(args.output) == resolve(teacher) for teacher in config.distill.teachers):
+        raise SamError(f"--output {redact(args.output)} is a teacher: the student would replace it")
     check_output(args.output)
     _init_ray(args)
     data = (prepare_distilled(config, args.transfer, args.storage, progress=True, **_scoring_args(args)) if distilling

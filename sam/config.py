@@ -238,6 +238,9 @@ class Config(Section):
             raise ValueError("ensemble and cross_fit need a teacher: the ensemble's first member")
         if self.distill.cross_fit and not self.distill.ensemble:
             raise ValueError("cross_fit needs an ensemble: one teacher per fold")
+        if self.distill.teacher and self.data.folds:
+            raise ValueError(f"folds {self.data.folds} are for the teachers of a cross-fitted transfer set (sam train --folds): "
+                             "a student learns from every training row")
         return self
 
     @model_validator(mode="after")
@@ -245,6 +248,9 @@ class Config(Section):
         if self.distill.hidden_weight and not (self.distill.teacher and self.distill.student == "layers"):
             raise ValueError(f"hidden_weight {self.distill.hidden_weight} needs a teacher and a layered student (student layers): "
                              "a student learns hidden states only from the teacher layers it started as")
+        if self.distill.hidden_weight and self.distill.cross_fit:
+            raise ValueError("hidden_weight with cross_fit: the hidden states come from the first teacher, which trained on "
+                             "every fold but its own, so they cannot be taught out of fold")
         return self
 
     def to_dict(self) -> dict:

@@ -394,7 +394,11 @@ def train_and_validation(config: Config, progress: bool = False) -> Split:
     left_out = (config.data.folds, config.data.fold) if config.data.folds else None
     if left_out:  # a cross-fitted teacher: the training rows of its own fold are left for it to score
         in_fold = fold_of(np.arange(SPLIT_BINS), left_out[0]) == left_out[1]
-        train_counts -= np.array([counts[edge:][in_fold[edge:]].sum() for counts, edge in zip(histogram, edges[HOLDOUT])])
+        left = np.array([counts[edge:][in_fold[edge:]].sum() for counts, edge in zip(histogram, edges[HOLDOUT])])
+        if not left.sum():  # folds deal whole split-key bins, so a tiny sample may leave one empty
+            raise DataError(f"{config.data.source}: fold {left_out[1]} of {left_out[0]} holds none of the "
+                            f"{train_counts.sum()} training rows: give fewer folds or more rows")
+        train_counts -= left
     if val_counts.sum() == 0 or train_counts.sum() == 0 or (config.data.holdout_fraction and holdout_counts.sum() == 0):
         raise DataError(f"{config.data.source}: {histogram.sum()} rows leave no training, validation or held-out rows "
                         f"at val_fraction {config.data.val_fraction}, holdout_fraction {config.data.holdout_fraction}")

@@ -69,9 +69,10 @@ def weights_hash(model_dir: str) -> str:
     return hashlib.sha256(next(directory / f for f in WEIGHTS_FILES if (directory / f).is_file()).read_bytes()).hexdigest()
 
 
-def transfer_key(config: Config) -> dict:
-    """What a transfer set depends on: the teachers' weights (not their paths), the data, the split, the augmentation."""
-    hashes = [weights_hash(teacher) for teacher in check_teacher_split(config)]  # in fold order when cross-fitted
+def transfer_key(config: Config, teachers: list[str]) -> dict:
+    """What a transfer set depends on: the teachers' weights (not their paths), the data, the split, the augmentation.
+    `teachers` as `check_teacher_split` returns them."""
+    hashes = [weights_hash(teacher) for teacher in teachers]  # in fold order when cross-fitted
     hashes = hashes if config.distill.cross_fit else sorted(hashes)  # an ensemble's mean is the same in any order
     return {"teacher_weights": hashes[0] if len(hashes) == 1 else hashes, "data": config.with_absolute_paths().data.source,
             "limit": config.data.limit_train, "val_fraction": config.data.val_fraction,
@@ -79,22 +80,23 @@ def transfer_key(config: Config) -> dict:
             **({"cross_fit": True} if config.distill.cross_fit else {})}
 
 
-def transfer_dir(config: Config, root: str) -> str:
-    digest = hashlib.sha256(json.dumps(transfer_key(config), sort_keys=True).encode()).hexdigest()[:12]
+def transfer_dir(config: Config, teachers: list[str], root: str) -> str:
+    digest = hashlib.sha256(json.dumps(transfer_key(config, teachers), sort_keys=True).encode()).hexdigest()[:12]
     return join(root, f"sam-transfer-{digest}")
 
 
 def build_transfer_set(config: Config, split: Split, directory: str, actors: int | None = None, gpus_per_actor: float = 0.0,
-                       runtime: str | None = None, progress: bool = False) -> Transfer:
+                       runtime: str | None = None, progress: bool = False, teachers: list[str] | None = None) -> Transfer:
     """The training rows and their augmented copies with the teacher's logits (the mean of an ensemble's, or with
     cross-fitting the logits of the one teacher that left the row's fold out), scored once by a pool of teacher
     replicas and streamed to parquet in `directory` (a local path or a URI); a complete set for the same key is
     reused. Each writer writes a part of its own and the manifest, written last, names the part that holds the set: two runs (or trials)
-    building the same set at once never mix their rows, on any storage."""
-    key, manifest_path = transfer_key(config), join(directory, MANIFEST)
+    building the same set at once never mix their rows, on any storage. `teachers`: `check_teacher_split`'s
+    answer, when the caller has it."""
+    teachers, cross_fit = teachers or check_teacher_split(config), config.distill.cross_fit
+    key, manifest_path = transfer_key(config, teachers), join(directory, MANIFEST)
     if not exists(manifest_path):
         part = f"part-{secrets.token_hex(4)}"
-        teachers, cross_fit = check_teacher_split(config), config.distill.cross_fit
         log.info("scoring the transfer set with %s %s into %s", "cross-fitted teachers" if cross_fit else "teacher",
                  ", ".join(map(redact, teachers)), redact(directory))
         rows = transfer_rows(split.train, config.distill.augment, config.train.seed, folds=len(teachers) if cross_fit else 0)
@@ -124,9 +126,9 @@ def _read_transfer(part: str, progress: bool) -> ray.data.Dataset:
     return rows
 
 
-def transfer_location(config: Config, transfer: str | None = None, root: str | None = None) -> str:
+def transfer_location(config: Config, teachers: list[str], transfer: str | None = None, root: str | None = None) -> str:
     """`transfer` when given, else a directory named for what the set holds under `root` (default ~/ray_results)."""
-    return resolve(transfer) if transfer else transfer_dir(config, root or TRANSFER_ROOT)
+    return resolve(transfer) if transfer else transfer_dir(config, teachers, root or TRANSFER_ROOT)
 
 
 def prepare_distilled(config: Config, transfer: str | None = None, root: str | None = None, budget_share: float = 1.0,
@@ -136,7 +138,7 @@ def prepare_distilled(config: Config, transfer: str | None = None, root: str | N
     once by `scoring`'s actors (`build_transfer_set`'s options; `progress` only on the driver, whose console
     owns it: in a Ray worker, Ray Data's bars travel to the driver as terminal codes even when it is piped); it
     validates on the split's validation side, as its teacher did. `budget_share` as for `sam.prepare.prepare`."""
-    check_teacher_split(config)
+    teachers = check_teacher_split(config)
     split = train_and_validation(config)
-    scored = build_transfer_set(config, split, transfer_location(config, transfer, root), **scoring)
+    scored = build_transfer_set(config, split, transfer_location(config, teachers, transfer, root), teachers=teachers, **scoring)
     return prepared(config, split, scored.rows, scored.count, budget_share)

@@ -6,9 +6,11 @@ transformers would delay every epoch's first batch by seconds.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+from sam import LABELS
 
 # Longer texts are refused at /predict and dropped from training data: no tweet comes close.
 MAX_TEXT_CHARS = 10_000
@@ -46,6 +48,15 @@ def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[in
         else:
             chunks.append([index])
     return chunks
+
+
+def chunked_logits(run: Callable[[dict[str, np.ndarray]], np.ndarray], ids: Sequence[np.ndarray], pad_id: int,
+                   max_tokens: int) -> np.ndarray:
+    """`run` (a model: padded ids and mask to logits) over rows in `token_budget_chunks`, in input order."""
+    logits = np.empty((len(ids), len(LABELS)), dtype=np.float32)
+    for chunk in token_budget_chunks([len(row) for row in ids], max_tokens):
+        logits[chunk] = run(pad_ids([ids[i] for i in chunk], pad_id))
+    return logits
 
 
 def encode_column(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarray:

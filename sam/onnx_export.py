@@ -19,7 +19,7 @@ import torch
 
 from sam.config import CONFIG_FILE, Config
 from sam.data import read_rows, train_and_validation, valid_only
-from sam.encoding import encode, pad_ids, token_budget_chunks
+from sam.encoding import chunked_logits, encode, pad_ids
 from sam import LABELS, SamError
 from sam.checkpoint import METRICS_FILE
 from sam.drift import data_profile, token_counts, unknown_id, write_profile
@@ -72,13 +72,6 @@ def _quantize(fp32: Path, int8: Path) -> None:
         root.setLevel(level)
 
 
-def _logits(run, ids: Sequence[np.ndarray], pad_id: int) -> np.ndarray:
-    out = np.empty((len(ids), len(LABELS)), dtype=np.float32)
-    for chunk in token_budget_chunks([len(row) for row in ids], CHECK_TOKENS):
-        out[chunk] = run(pad_ids([ids[i] for i in chunk], pad_id))
-    return out
-
-
 def synthetic_rows(vocab_size: int, max_length: int, count: int = 256, seed: int = 0) -> list[np.ndarray]:
     """Seeded random token ids of every length up to `max_length`: what an export is checked on when no labelled
     rows are at hand (fp32 against torch, int8's agreement with fp32)."""
@@ -103,9 +96,9 @@ def export_onnx(directory: Path, ids: Sequence[np.ndarray], labels: Optional[np.
     _export_fp32(reference.model, fp32_path)
     _quantize(fp32_path, int8_path)
 
-    answers = {"torch": _logits(reference, ids, pad_id)}
+    answers = {"torch": chunked_logits(reference, ids, pad_id, CHECK_TOKENS)}
     for runtime, path in (("onnx", fp32_path), ("onnx-int8", int8_path)):
-        answers[runtime] = _logits(OnnxModel(path, "cpu", None), ids, pad_id)
+        answers[runtime] = chunked_logits(OnnxModel(path, "cpu", None), ids, pad_id, CHECK_TOKENS)
     predicted = {runtime: logits[:, order].argmax(1) for runtime, logits in answers.items()}
     figures = {"check_rows": len(ids), "opset": OPSET,
                "fp32_max_abs_diff": float(np.abs(answers["onnx"] - answers["torch"]).max(initial=0.0)),

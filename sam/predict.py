@@ -16,7 +16,7 @@ import numpy as np
 
 from sam import LABELS, SamError
 from sam.config import CONFIG_FILE, Config
-from sam.encoding import encode, pad_ids, token_budget_chunks
+from sam.encoding import chunked_logits, encode
 from sam.drift import token_counts, unknown_id
 from sam.runtimes import (RUNTIMES, OnnxModel, TokenizerFiles, TorchModel, check_model_dir, default_runtime, label_order,
                           model_config, model_shape, onnx_file, onnx_on_cuda, softmax)
@@ -105,10 +105,7 @@ class Predictor:
         """One row per text, in input order, a column per label of LABELS. Texts run in length-sorted groups of
         at most `max_tokens` tokens, padding included (default: `self.batch_tokens`)."""
         ids = encode(self.tokenizer, texts, self.max_length)
-        logits = np.empty((len(ids), len(LABELS)), dtype=np.float32)
-        for chunk in token_budget_chunks([len(row) for row in ids], max_tokens or self.batch_tokens):
-            logits[chunk] = self.model(pad_ids([ids[i] for i in chunk], self.pad_id))[:, self.order]
-        return logits
+        return chunked_logits(self.model, ids, self.pad_id, max_tokens or self.batch_tokens)[:, self.order]
 
     def scores(self, texts: Sequence[str], max_tokens: int | None = None) -> np.ndarray:
         """Class probabilities, one row per text, in input order."""

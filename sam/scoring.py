@@ -61,7 +61,7 @@ class BatchScorer:
             scored.insert(0, "true_label", batch["label"].to_numpy())
         if self.with_logits:  # unrounded: a distilled model learns from them
             scored["logits"] = list(logits)
-        passed = [column for column in ("id", "text", "where", "problem", "fold") if column in batch]
+        passed = [column for column in ("id", "text", "where", "problem", *(["fold"] if self.by_fold else [])) if column in batch]
         scored[SCORER], scored[SCORED_AT] = self.name, time.time()
         return pd.concat([batch[passed].reset_index(drop=True), scored], axis=1)
 

@@ -127,3 +127,7 @@ def test_folds_and_an_ensemble_of_teachers_are_checked_where_they_are_given():
         Config().with_flat(ensemble="b")
     with pytest.raises(ValueError, match="cross_fit needs an ensemble"):
         Config().with_flat(teacher="a", cross_fit=True)
+    with pytest.raises(ValueError, match="a student learns from every training row"):
+        Config().with_flat(teacher="a", folds=2)
+    with pytest.raises(ValueError, match="cannot be taught out of fold"):
+        Config().with_flat(teacher="a", ensemble="b", cross_fit=True, hidden_weight=1.0)

@@ -134,7 +134,7 @@ def test_held_out_part_is_disjoint_and_leaves_validation_as_it_was(ray_session, 
 
 
 def test_a_fold_leaves_out_exactly_its_training_rows_and_the_counts_follow(ray_session, tmp_path):
-    from sam.data import fold_of, split_bins
+    from sam.data import SPLIT_BINS, fold_of, split_bins
 
     write_jsonl(tmp_path / "train.jsonl", numbered_rows(600))
     config = Config().with_flat(source=str(tmp_path), val_fraction=0.1, holdout_fraction=0.1, seed=3)
@@ -147,6 +147,9 @@ def test_a_fold_leaves_out_exactly_its_training_rows_and_the_counts_follow(ray_s
         assert split.train_counts.tolist() == np.bincount(train["label"], minlength=3).tolist()
         assert sorted(split.val.to_pandas()["text"]) == sorted(train_and_validation(config).val.to_pandas()["text"])
     assert 150 <= sum(its == 0 for its in fold_of_row.values()) <= 170  # about a third of the 480 training rows
+    empty = next(fold for fold in range(SPLIT_BINS) if fold not in set(split_bins(whole["text"], 3)))
+    with pytest.raises(DataError, match=f"fold {empty} of {SPLIT_BINS} holds none of the 48. training rows: give fewer folds"):
+        train_and_validation(config.with_flat(folds=SPLIT_BINS, fold=empty))
 
 
 def test_limit_keeps_the_same_sample_whatever_the_shard_layout(ray_session, tmp_path):

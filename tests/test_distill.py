@@ -60,7 +60,10 @@ def test_loss_is_cross_entropy_at_alpha_0_and_the_softened_kl_at_alpha_1():
 
 def test_the_student_may_not_replace_its_teacher(tiny_model_dir, tweets_dir, capsys):
     assert main(["distill", "--teacher", str(tiny_model_dir), "--data", str(tweets_dir), "--output", str(tiny_model_dir)]) == 2
-    assert capsys.readouterr().err.strip() == f"sam distill: error: --output {tiny_model_dir} is the teacher: the student would replace it"
+    assert capsys.readouterr().err.strip() == f"sam distill: error: --output {tiny_model_dir} is a teacher: the student would replace it"
+    assert main(["distill", "--teacher", "elsewhere", "--student", "scratch", "--ensemble", str(tiny_model_dir), "--data", str(tweets_dir),
+                 "--output", str(tiny_model_dir)]) == 2  # any teacher of an ensemble
+    assert capsys.readouterr().err.strip() == f"sam distill: error: --output {tiny_model_dir} is a teacher: the student would replace it"
 
 
 def test_teacher_from_another_split_is_refused(tiny_model_dir, tweets_dir):
