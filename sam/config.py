@@ -174,8 +174,8 @@ class DistillConfig(Section):
                   "width, heads and d_ff, its token embeddings factorized to embedding_size by their principal components "
                   f"({', '.join(f'{k} {v}' for k, v in DISTILLING.items())} unless given); scratch = the configured encoder, from scratch")
     ensemble: tuple[str, ...] = _knob(
-        (), "more teachers, comma-separated, trained on the same split: each scores the transfer set too and the student learns the "
-            "mean of their logits (k seeds), or with cross_fit the one teacher's that never trained on the row")
+        (), "more teachers, comma-separated, each split as the teacher was (seed and fractions): each scores the transfer set too "
+            "and the student learns the mean of their logits, or with cross_fit the one teacher's that never trained on the row")
     cross_fit: bool = _knob(False, "the teacher and the ensemble are k teachers trained with --folds k, one per --fold: each "
                                    "scores only the transfer rows of the fold it left out")
     hidden_weight: float = _knob(
