@@ -19,7 +19,7 @@ from sam.config import Config
 from sam.augment import transfer_rows
 from sam.data import Split, train_and_validation
 from sam.locations import local_model_dir
-from sam.runtimes import WEIGHTS_FILES
+from sam.prediction_log import weights_hash
 from sam.prepare import PreparedData, prepared
 from sam.resolve import teacher_config
 from sam.scoring import SCORER, score_rows
@@ -64,15 +64,10 @@ def check_teacher_split(config: Config) -> list[str]:
     return [teacher for _, teacher in by_fold]
 
 
-def weights_hash(model_dir: str) -> str:
-    directory = local_model_dir(model_dir)
-    return hashlib.sha256(next(directory / f for f in WEIGHTS_FILES if (directory / f).is_file()).read_bytes()).hexdigest()
-
-
 def transfer_key(config: Config, teachers: list[str]) -> dict:
     """What a transfer set depends on: the teachers' weights (not their paths), the data, the split, the augmentation.
     `teachers` as `check_teacher_split` returns them."""
-    hashes = [weights_hash(teacher) for teacher in teachers]  # in fold order when cross-fitted
+    hashes = [weights_hash(local_model_dir(teacher), digits=64) for teacher in teachers]  # in fold order when cross-fitted
     hashes = hashes if config.distill.cross_fit else sorted(hashes)  # an ensemble's mean is the same in any order
     return {"teacher_weights": hashes[0] if len(hashes) == 1 else hashes, "data": config.with_absolute_paths().data.source,
             "limit": config.data.limit_train, "val_fraction": config.data.val_fraction,

@@ -47,9 +47,9 @@ WARN_EVERY_S = 60.0
 CLOSE_WAIT_S = 10.0  # for a write under way as the replica stops, within Serve's graceful shutdown (20 s)
 
 
-def weights_hash(directory: str | Path) -> str:
-    """The first 16 hex digits of the SHA-256 of a model directory's weights: two rows name the same model only
-    if it predicted with the same weights, whatever path or version served it."""
+def weights_hash(directory: str | Path, digits: int = 16) -> str:
+    """The first `digits` hex digits of the SHA-256 of a model directory's weights: two rows name the same model only
+    if it predicted with the same weights, whatever path or version served it (a transfer set keys on all 64)."""
     digest = hashlib.sha256()
     for name in WEIGHT_FILES:
         path = Path(directory) / name
@@ -58,7 +58,7 @@ def weights_hash(directory: str | Path) -> str:
                 for block in iter(lambda: weights.read(1 << 20), b""):
                     digest.update(block)
             break
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:digits]
 
 
 def _draw(request_id: str) -> float:
